@@ -1,0 +1,78 @@
+"""The FastAPI application: routes, the one error mapping, and the in-process worker's lifecycle.
+
+    >>> from evalsvc.api.main import create_app
+    >>> from evalsvc.settings import Settings
+    >>> app = create_app(Settings(home="/tmp/evalsvc-doc-api"))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+
+from evalsvc.errors import EvalServiceError
+from evalsvc.settings import Settings, get_settings
+from evalsvc.store.db import get_engine, migrate
+from evalsvc.worker import get_runner
+from evalsvc.worker.inprocess import InProcessWorker
+
+from .routes import evals, health, ingest, reviews, runs
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, start_worker: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+    engine = get_engine(settings.resolved_database_url())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        migrate(engine)
+        worker = app.state.worker
+        if worker is not None:
+            worker.start()
+        yield
+        if worker is not None:
+            worker.stop()
+
+    app = FastAPI(
+        title="evalsvc",
+        version="0.1.0",
+        summary="Production evals beside the workflow orchestrator.",
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    if settings.runner == "inprocess":
+        worker = InProcessWorker(engine=engine, settings=settings) if start_worker else None
+        app.state.worker = worker
+        app.state.runner = worker or get_runner(engine=engine, settings=settings)
+    else:
+        app.state.worker = None
+        app.state.runner = get_runner(engine=engine, settings=settings)
+
+    @app.exception_handler(EvalServiceError)
+    async def _service_error(_: Request, exc: EvalServiceError) -> ORJSONResponse:
+        headers = {"Retry-After": "1"} if exc.http_status in (429, 503) else None
+        return ORJSONResponse(exc.as_dict(), status_code=exc.http_status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        err: dict[str, Any] = exc.errors()[0]
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        field = ".".join(loc) or None
+        message = f"{field}: {err.get('msg')}" if field else str(err.get("msg"))
+        return ORJSONResponse({"error": "invalid_input", "message": message, "field": field}, status_code=422)
+
+    for module in (health, ingest, runs, evals, reviews):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,78 @@
+"""``POST /v1/ingest/{connector}``: a batch of records, answered item by item.
+
+Body: a JSON array, ``{"records": [...]}``, one record, or JSON lines
+(``Content-Type: application/x-ndjson``). Status 200 when every item was accepted or a duplicate,
+207 when some were rejected, 422 when all were, 413 over the size or count limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import ORJSONResponse
+
+from connectors import get as get_connector
+from evalsvc.errors import InvalidInput, PayloadTooLarge
+from evalsvc.pipeline.ingest import ingest_batch
+
+from ..deps import EngineDep, ProjectDep, RunnerDep, SettingsDep
+
+router = APIRouter(prefix="/v1", tags=["ingest"])
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}", field="body")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes", field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_json(body: bytes, content_type: str) -> Any:
+    if not body.strip():
+        raise InvalidInput("request body is empty", field="body")
+    if "ndjson" in content_type or "jsonl" in content_type or "json-seq" in content_type:
+        items = []
+        for n, line in enumerate(body.splitlines(), start=1):
+            if line.strip():
+                try:
+                    items.append(orjson.loads(line))
+                except orjson.JSONDecodeError as exc:
+                    raise InvalidInput(f"line {n} is not JSON: {exc}", field=f"body.line.{n}") from None
+        return items
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"not valid JSON: {exc}", field="body") from None
+
+
+@router.post("/ingest/{connector}", summary="Ingest a batch of execution records")
+async def ingest(
+    connector: str, request: Request, project: ProjectDep, engine: EngineDep, settings: SettingsDep, runner: RunnerDep
+) -> ORJSONResponse:
+    conn = get_connector(connector)
+    body = await read_body(request, settings.max_body_bytes)
+    payload = decode_json(body, request.headers.get("content-type", ""))
+    items = conn.to_steps(payload)
+    report = await run_in_threadpool(
+        ingest_batch,
+        engine=engine,
+        project_id=project.id or 0,
+        items=items,
+        max_batch_records=settings.max_batch_records,
+        max_record_bytes=settings.max_record_bytes,
+    )
+    if report.pending_eval_ids:
+        runner.submit_scores(report.pending_eval_ids)
+    summary = report.summary()
+    status = 200 if summary["rejected"] == 0 else 422 if summary["rejected"] == len(report.items) else 207
+    return ORJSONResponse({**summary, "items": [i.as_dict() for i in report.items]}, status_code=status)

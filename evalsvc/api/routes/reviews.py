@@ -1,0 +1,57 @@
+"""The review queue: list open items; approve or reject one with a comment."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from evalsvc.pipeline.reviews import decide_review
+from evalsvc.store.queries import ReviewPublic, list_reviews
+
+from ..deps import ProjectDep, RunnerDep, SessionDep
+
+router = APIRouter(prefix="/v1", tags=["reviews"])
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reviewer: str | None = Field(default=None, max_length=128)
+    comment: str | None = Field(default=None, max_length=10_000)
+    human_passed: bool | None = Field(default=None, description="Override: the person's own verdict.")
+
+
+@router.get("/reviews", response_model=list[ReviewPublic])
+def reviews(
+    project: ProjectDep,
+    session: SessionDep,
+    status: Literal["open", "approved", "rejected", "all"] = "open",
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> list[ReviewPublic]:
+    return list_reviews(session=session, project_id=project.id or 0, status=None if status == "all" else status,
+                        limit=limit)  # fmt: skip
+
+
+def _decide(review_id: int, decision: Literal["approved", "rejected"], body: Decision | None, project: Any,
+            session: Any, runner: Any) -> dict[str, Any]:  # fmt: skip
+    body = body or Decision()
+    item, follow_up = decide_review(session=session, project_id=project.id or 0, review_id=review_id,
+                                    decision=decision, reviewer=body.reviewer, comment=body.comment,
+                                    human_passed=body.human_passed)  # fmt: skip
+    session.commit()
+    if follow_up is not None:
+        runner.submit_actions([follow_up])
+    return {"review": item.model_dump(mode="json"), "follow_up_action_id": follow_up}
+
+
+@router.post("/reviews/{review_id}/approve")
+def approve(review_id: int, project: ProjectDep, session: SessionDep, runner: RunnerDep,
+            body: Decision | None = None) -> dict[str, Any]:  # fmt: skip
+    return _decide(review_id, "approved", body, project, session, runner)
+
+
+@router.post("/reviews/{review_id}/reject")
+def reject(review_id: int, project: ProjectDep, session: SessionDep, runner: RunnerDep,
+           body: Decision | None = None) -> dict[str, Any]:  # fmt: skip
+    return _decide(review_id, "rejected", body, project, session, runner)

@@ -1,0 +1,44 @@
+"""Runs with their steps, attempts and verdicts; the actions taken (the audit trail)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Query
+
+from evalsvc.store.queries import ActionPublic, RunDetail, RunPublic, get_run, list_actions, list_runs
+
+from ..deps import ProjectDep, SessionDep
+
+router = APIRouter(prefix="/v1", tags=["runs"])
+
+
+@router.get("/runs", response_model=list[RunPublic])
+def runs(
+    project: ProjectDep,
+    session: SessionDep,
+    status: str | None = None,
+    workflow: str | None = None,
+    failed_evaluator: str | None = Query(default=None, description="Only runs this evaluator failed."),
+    since: datetime | None = None,
+    limit: int = Query(default=50, ge=1, le=1000),
+    offset: int = Query(default=0, ge=0),
+) -> list[RunPublic]:
+    return list_runs(session=session, project_id=project.id or 0, status=status, workflow=workflow,
+                     failed_evaluator=failed_evaluator, since=since, limit=limit, offset=offset)  # fmt: skip
+
+
+@router.get("/runs/{run_key}", response_model=RunDetail, summary="A run with its steps (all attempts) and verdicts")
+def run(run_key: str, project: ProjectDep, session: SessionDep, source: str | None = None) -> RunDetail:
+    return get_run(session=session, project_id=project.id or 0, run_key=run_key, source=source)
+
+
+@router.get("/actions", response_model=list[ActionPublic], tags=["actions"])
+def actions(
+    project: ProjectDep,
+    session: SessionDep,
+    kind: str | None = None,
+    status: str | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> list[ActionPublic]:
+    return list_actions(session=session, project_id=project.id or 0, kind=kind, status=status, limit=limit)

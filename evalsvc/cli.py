@@ -1,0 +1,364 @@
+"""The ``evalsvc`` command line. Every command that touches the store works on the one that
+``EVALSVC_HOME`` / ``EVALSVC_DATABASE_URL`` name (the same one ``evalsvc serve`` uses) and takes
+``--project`` (default ``default``, created on first use).
+
+    $ evalsvc demo
+    $ evalsvc evaluators apply evalsvc.yaml
+    $ evalsvc ingest runs.jsonl --connector json
+    $ evalsvc evals list --failed
+    $ evalsvc runs show inv-000042
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from evalsvc.errors import EvalServiceError
+from evalsvc.settings import Settings, get_settings
+
+from . import cli_output as out
+
+app = typer.Typer(help="evalsvc: production evals beside the workflow orchestrator.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, rich_markup_mode="markdown")  # fmt: skip
+evaluators_app = typer.Typer(help="Evaluators as code (evalsvc.yaml).", no_args_is_help=True)
+runs_app = typer.Typer(help="Runs with their steps and verdicts.", no_args_is_help=True)
+evals_app = typer.Typer(help="Eval results.", no_args_is_help=True)
+review_app = typer.Typer(help="The human review queue.", no_args_is_help=True)
+actions_app = typer.Typer(help="What evalsvc did to production (the audit trail).", no_args_is_help=True)
+keys_app = typer.Typer(help="Project API keys.", no_args_is_help=True)
+for sub, name in ((evaluators_app, "evaluators"), (runs_app, "runs"), (evals_app, "evals"), (review_app, "review"),
+                  (actions_app, "actions"), (keys_app, "keys")):  # fmt: skip
+    app.add_typer(sub, name=name)
+
+console = Console()
+err = Console(stderr=True)
+
+ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project name.", envvar="EVALSVC_PROJECT")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+class Ctx:
+    """Settings, the migrated store and the project of one CLI command."""
+
+    def __init__(self, project: str, settings: Settings | None = None) -> None:
+        from evalsvc.store.db import get_engine, migrate, session_scope
+        from evalsvc.pipeline.projects import ensure_project
+
+        self.settings = settings or get_settings()
+        self.engine = get_engine(self.settings.resolved_database_url())
+        migrate(self.engine)
+        with session_scope(self.engine) as session:
+            self.project_id = ensure_project(session=session, name=project).id or 0
+        self.project = project
+
+    def session(self) -> Any:
+        from evalsvc.store.db import session_scope
+
+        return session_scope(self.engine)
+
+
+def main() -> None:
+    from evalsvc.logging import configure_logging
+
+    configure_logging(get_settings(), service=False)
+    try:
+        app()
+    except EvalServiceError as exc:
+        err.print(f"[red]error[/red] {exc.message}", highlight=False)
+        sys.exit(4 if exc.http_status in (400, 404, 409, 413, 422) else 1)
+
+
+# ---- ingest -----------------------------------------------------------------------------------
+
+
+@app.command()
+def ingest(
+    file: Annotated[Path, typer.Argument(help="JSON array, JSON lines, or one JSON document.")],
+    connector: Annotated[str, typer.Option(help="Connector that reads the file.")] = "json",
+    project: ProjectOpt = "default",
+    chunk: Annotated[int, typer.Option(help="Records per batch.")] = 5000,
+    score: Annotated[bool, typer.Option(help="Score what was ingested before returning (in-process runner).")] = True,
+) -> None:
+    """Ingest execution records from a file. Example: `evalsvc ingest runs.jsonl --connector json`."""
+    ctx = Ctx(project)
+    report = ingest_file(ctx, file, connector=connector, chunk=chunk)
+    out.print_ingest(console, report)
+    _after_ingest(ctx, report.pending_eval_ids, score=score)
+    if report.count("rejected"):
+        raise typer.Exit(1)
+
+
+def ingest_file(ctx: Ctx, file: Path, *, connector: str, chunk: int) -> Any:
+    from connectors import get as get_connector
+    from evalsvc.pipeline.files import iter_chunks
+    from evalsvc.pipeline.ingest import IngestReport, ingest_batch
+    from evalsvc.pipeline.schedule import load_active_evaluators
+
+    conn = get_connector(connector)
+    chunk = max(1, min(chunk, ctx.settings.max_batch_records))
+    total = file.stat().st_size if file.exists() else 0
+    report = IngestReport()
+    with ctx.session() as session:
+        evaluators = load_active_evaluators(session=session, project_id=ctx.project_id)
+    with Progress(TextColumn("ingest"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), console=err,
+                  transient=True, disable=total < 1_000_000 or not err.is_terminal) as bar:  # fmt: skip
+        task = bar.add_task("ingest", total=total)
+        index = 0
+        for _, raw, pos in iter_chunks(file, chunk_size=chunk):
+            items = conn.to_steps(raw)
+            for start in range(0, len(items), chunk):
+                part = ingest_batch(engine=ctx.engine, project_id=ctx.project_id, items=items[start : start + chunk],
+                                    max_batch_records=ctx.settings.max_batch_records,
+                                    max_record_bytes=ctx.settings.max_record_bytes, offset=index,
+                                    evaluators=evaluators)  # fmt: skip
+                index += len(items[start : start + chunk])
+                report.extend(part)
+            bar.update(task, completed=pos)
+    return report
+
+
+def _after_ingest(ctx: Ctx, pending: list[int], *, score: bool) -> None:
+    from evalsvc.worker import drain, get_runner
+
+    if not pending:
+        return
+    if ctx.settings.runner == "celery":
+        get_runner(engine=ctx.engine, settings=ctx.settings).submit_scores(pending)
+        console.print(f"queued {len(pending)} evals for the Celery workers")
+    elif score:
+        result = drain(engine=ctx.engine, settings=ctx.settings)
+        console.print(
+            f"scored {result.score.scored + result.score.errors + result.score.skipped} evals: "
+            f"{result.score.passed} passed, {result.score.failed} failed, {result.score.errors} errors, "
+            f"{result.score.skipped} skipped"
+        )
+
+
+@app.command()
+def score(project: ProjectOpt = "default") -> None:
+    """Score every pending eval result now and dispatch due actions (also recovers after a crash)."""
+    from evalsvc.worker import drain
+
+    ctx = Ctx(project)
+    result = drain(engine=ctx.engine, settings=ctx.settings)
+    s = result.score
+    console.print(f"scored {s.scored} ({s.passed} passed, {s.failed} failed), {s.errors} errors, "
+                  f"{s.skipped} skipped; actions: {result.actions or 'none due'}")  # fmt: skip
+
+
+# ---- evaluators -------------------------------------------------------------------------------
+
+
+@evaluators_app.command("apply")
+def evaluators_apply(
+    file: Annotated[Path, typer.Argument(help="The evaluator file.")] = Path("evalsvc.yaml"),
+    project: ProjectOpt = "default",
+) -> None:
+    """Store the file's evaluators, versioned. Example: `evalsvc evaluators apply evalsvc.yaml`."""
+    from evalsvc.pipeline.evaluators import apply_evaluators, load_config
+
+    ctx = Ctx(project)
+    specs = load_config(file)
+    with ctx.session() as session:
+        changes = apply_evaluators(session=session, project_id=ctx.project_id, specs=specs, settings=ctx.settings)
+    out.print_changes(console, changes)
+
+
+@evaluators_app.command("list")
+def evaluators_list(project: ProjectOpt = "default", all_versions: Annotated[bool, typer.Option("--all")] = False,
+                    as_json: JsonOpt = False) -> None:  # fmt: skip
+    """List the active evaluators (`--all` for every version)."""
+    from evalsvc.store.queries import list_evaluator_rows
+
+    ctx = Ctx(project)
+    with ctx.session() as session:
+        rows = list_evaluator_rows(session=session, project_id=ctx.project_id, include_inactive=all_versions)
+    out.emit(console, rows, as_json, out.evaluators_table)
+
+
+# ---- runs, evals, actions ---------------------------------------------------------------------
+
+
+@runs_app.command("show")
+def runs_show(run_key: str, project: ProjectOpt = "default", source: str | None = None, as_json: JsonOpt = False) -> None:
+    """A run with every step attempt and its verdicts. Example: `evalsvc runs show inv-000042`."""
+    from evalsvc.store.queries import get_run
+
+    ctx = Ctx(project)
+    with ctx.session() as session:
+        run = get_run(session=session, project_id=ctx.project_id, run_key=run_key, source=source)
+    if as_json:
+        console.print_json(run.model_dump_json())
+    else:
+        out.print_run(console, run)
+
+
+@runs_app.command("list")
+def runs_list(project: ProjectOpt = "default", status: str | None = None, workflow: str | None = None,
+              failed_evaluator: str | None = None, limit: int = 20, as_json: JsonOpt = False) -> None:  # fmt: skip
+    """Recent runs, with how many of their evals failed."""
+    from evalsvc.store.queries import list_runs
+
+    ctx = Ctx(project)
+    with ctx.session() as session:
+        rows = list_runs(session=session, project_id=ctx.project_id, status=status, workflow=workflow,
+                         failed_evaluator=failed_evaluator, limit=limit)  # fmt: skip
+    out.emit(console, rows, as_json, out.runs_table)
+
+
+@evals_app.command("list")
+def evals_list(project: ProjectOpt = "default", failed: Annotated[bool, typer.Option("--failed")] = False,
+               evaluator: str | None = None, status: str | None = None, limit: int = 50,
+               as_json: JsonOpt = False) -> None:  # fmt: skip
+    """Eval results, each with its run, step and attempt. Example: `evalsvc evals list --failed`."""
+    from evalsvc.store.queries import list_evals
+
+    ctx = Ctx(project)
+    with ctx.session() as session:
+        rows = list_evals(session=session, project_id=ctx.project_id, passed=False if failed else None,
+                          evaluator=evaluator, status=status, limit=limit)  # fmt: skip
+    out.emit(console, rows, as_json, out.evals_table)
+
+
+@actions_app.command("list")
+def actions_list(project: ProjectOpt = "default", kind: str | None = None, status: str | None = None,
+                 limit: int = 50, as_json: JsonOpt = False) -> None:  # fmt: skip
+    """Actions evalsvc took: what, when, why, and with what result."""
+    from evalsvc.store.queries import list_actions
+
+    ctx = Ctx(project)
+    with ctx.session() as session:
+        rows = list_actions(session=session, project_id=ctx.project_id, kind=kind, status=status, limit=limit)
+    out.emit(console, rows, as_json, out.actions_table)
+
+
+# ---- review -----------------------------------------------------------------------------------
+
+
+@review_app.command("list")
+def review_list(project: ProjectOpt = "default", status: str = "open", as_json: JsonOpt = False) -> None:
+    """Review items (`--status open|approved|rejected|all`)."""
+    from evalsvc.store.queries import list_reviews
+
+    ctx = Ctx(project)
+    with ctx.session() as session:
+        rows = list_reviews(session=session, project_id=ctx.project_id, status=None if status == "all" else status)
+    out.emit(console, rows, as_json, out.reviews_table)
+
+
+def _decide(review_id: int, decision: Literal["approved", "rejected"], project: str, comment: str | None,
+            reviewer: str | None, human_passed: bool | None) -> None:  # fmt: skip
+    from evalsvc.pipeline.reviews import decide_review
+    from evalsvc.worker import get_runner
+
+    ctx = Ctx(project)
+    with ctx.session() as session:
+        item, follow_up = decide_review(session=session, project_id=ctx.project_id, review_id=review_id,
+                                        decision=decision, reviewer=reviewer, comment=comment,
+                                        human_passed=human_passed)  # fmt: skip
+    if follow_up is not None:
+        get_runner(engine=ctx.engine, settings=ctx.settings).submit_actions([follow_up])
+    note = f"; follow-up action {follow_up}" if follow_up else "; no orchestrator adapter for this run's source"
+    console.print(f"review {item.id} {item.status} (run {item.run_key}, step {item.step_key} #{item.attempt}){note}")
+
+
+_Comment = Annotated[str | None, typer.Option("--comment", "-m", help="Why.")]
+_Reviewer = Annotated[str | None, typer.Option(help="Who decided.", envvar="USER")]
+_Override = Annotated[bool | None, typer.Option("--passed/--failed", help="Your own verdict on the output.")]
+
+
+@review_app.command("approve")
+def review_approve(review_id: int, project: ProjectOpt = "default", comment: _Comment = None,
+                   reviewer: _Reviewer = None, human_passed: _Override = None) -> None:  # fmt: skip
+    """Approve a review item. Example: `evalsvc review approve 3 -m "label was ambiguous"`."""
+    _decide(review_id, "approved", project, comment, reviewer, human_passed)
+
+
+@review_app.command("reject")
+def review_reject(review_id: int, project: ProjectOpt = "default", comment: _Comment = None,
+                  reviewer: _Reviewer = None, human_passed: _Override = None) -> None:  # fmt: skip
+    """Reject a review item. Example: `evalsvc review reject 3 -m "wrong vendor"`."""
+    _decide(review_id, "rejected", project, comment, reviewer, human_passed)
+
+
+# ---- keys -------------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(project: ProjectOpt = "default", name: str | None = None) -> None:
+    """Create an API key for a project and print it once (only its hash is stored)."""
+    from evalsvc.pipeline.projects import create_key, get_project
+
+    ctx = Ctx(project)
+    with ctx.session() as session:
+        row, plaintext = create_key(session=session, project=get_project(session=session, name=project), name=name)
+    err.print(f"key {row.prefix}… for project {project!r} (shown once; store it now):")
+    typer.echo(plaintext)
+
+
+@keys_app.command("revoke")
+def keys_revoke(prefix: str, project: ProjectOpt = "default") -> None:
+    """Revoke a key by its prefix (the first 12 characters)."""
+    from evalsvc.pipeline.projects import revoke_key
+
+    ctx = Ctx(project)
+    with ctx.session() as session:
+        revoke_key(session=session, prefix=prefix)
+    console.print(f"revoked {prefix}")
+
+
+# ---- services ---------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address (default EVALSVC_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default EVALSVC_PORT).")] = None,
+) -> None:
+    """Run the HTTP API (and, without a broker, the in-process worker)."""
+    import uvicorn
+
+    from evalsvc.api.main import create_app
+    from evalsvc.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings, service=True)
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port if port is not None else settings.port,
+                log_config=None, access_log=False)  # fmt: skip
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Worker processes or threads.")] = 2,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
+) -> None:
+    """Run Celery workers (needs EVALSVC_BROKER_URL, e.g. redis://127.0.0.1:6379/0)."""
+    settings = get_settings()
+    if not settings.broker_url:
+        err.print("[red]error[/red] EVALSVC_BROKER_URL is not set; `evalsvc serve` scores in-process without it")
+        raise typer.Exit(4)
+    from evalsvc.worker.celery_app import app as celery_app
+
+    celery_app.worker_main(["worker", f"--concurrency={concurrency}", f"--pool={pool}", "--loglevel=INFO",
+                            "-Q", "evalsvc"])  # fmt: skip
+
+
+@app.command()
+def demo(
+    runs: Annotated[int, typer.Option(help="Workflow runs to simulate.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the simulation.")] = 7,
+) -> None:
+    """Simulate an invoice agent, ingest, score and act on it, then print a report (no network)."""
+    from evalsvc.demo.run import run_demo
+
+    run_demo(console=console, runs=runs, seed=seed)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

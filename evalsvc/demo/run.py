@@ -1,0 +1,149 @@
+"""``evalsvc demo``: the main job on the embedded default, with no network and no services.
+
+It simulates a few hundred runs of an invoice agent, writes them as JSON lines, applies the
+bundled ``evalsvc.yaml``, ingests the file through the same path as ``evalsvc ingest``, scores
+everything in-process, sends the webhook actions to a local receiver that checks their signatures,
+and prints a report. It works in the project ``demo``, which it resets first.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from collections import Counter
+from datetime import timedelta
+from importlib.resources import files
+from pathlib import Path
+
+import sqlalchemy as sa
+import yaml
+from pydantic import SecretStr
+from rich.console import Console
+from rich.table import Table
+
+from evalsvc.pipeline.evaluators import apply_evaluators, parse_specs
+from evalsvc.settings import get_settings
+from evalsvc.store.models import Action, EvalResult, Evaluator, ReviewItem, Run, Step, utcnow
+
+from .receiver import WebhookReceiver
+from .simulate import simulate_runs, write_jsonl
+
+__all__ = ["run_demo"]
+
+PROJECT = "demo"
+
+
+def _reset(engine: sa.Engine, project_id: int) -> None:
+    with engine.begin() as conn:
+        for model in (Action, ReviewItem, EvalResult, Step, Run, Evaluator):
+            table = model.__table__  # type: ignore[attr-defined]
+            conn.execute(sa.delete(table).where(table.c.project_id == project_id))
+
+
+def run_demo(*, console: Console, runs: int = 300, seed: int = 7) -> None:
+    from evalsvc.cli import Ctx, ingest_file
+    from evalsvc.store.queries import list_evals, list_reviews
+    from evalsvc.worker import drain
+
+    t0 = time.perf_counter()
+    base = get_settings()
+    secret = base.webhook_secret.get_secret_value() if base.webhook_secret else \
+        "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()  # fmt: skip
+    # the demo's receiver listens on 127.0.0.1, so the demo (only) allows a loopback target
+    settings = base.model_copy(update={"webhook_secret": SecretStr(secret), "webhook_allow_private": True})
+    ctx = Ctx(PROJECT, settings=settings)
+    _reset(ctx.engine, ctx.project_id)
+    home = settings.home.expanduser().resolve()
+    console.print(f"[bold]evalsvc demo[/bold]: store {settings.resolved_database_url()}, project {PROJECT!r} (reset)")
+
+    with WebhookReceiver(secret) as receiver:
+        config = yaml.safe_load(files("evalsvc.demo").joinpath("evalsvc.yaml").read_text(encoding="utf-8"))
+        for ev in config["evaluators"]:
+            if ev.get("on_fail", {}).get("action") == "webhook":
+                ev["on_fail"]["url"] = receiver.url
+        specs = parse_specs(config["evaluators"])
+        with ctx.session() as session:
+            apply_evaluators(session=session, project_id=ctx.project_id, specs=specs, settings=settings)
+
+        start = utcnow() - timedelta(seconds=runs * 100)
+        records = simulate_runs(runs=runs, seed=seed, start=start)
+        path = home / "demo" / "invoice-agent.jsonl"
+        write_jsonl(records, path)
+        console.print(f"simulated {runs} runs of invoice-agent: {len(records)} records → {path}")
+
+        report = ingest_file(ctx, path, connector="json", chunk=5000)
+        s = report.summary()
+        console.print(f"ingested: {s['accepted']} accepted, {s['duplicate']} duplicate, {s['rejected']} rejected")
+        result = drain(engine=ctx.engine, settings=settings)
+        sc = result.score
+        console.print(f"scored {sc.scored + sc.skipped + sc.errors} evals: {sc.passed} passed, {sc.failed} failed, "
+                      f"{sc.skipped} skipped, {sc.errors} errors")  # fmt: skip
+
+        with ctx.session() as session:
+            _report(console, session, ctx.project_id)
+            failed = list_evals(session=session, project_id=ctx.project_id, passed=False, limit=10_000)
+            reviews = list_reviews(session=session, project_id=ctx.project_id, status="open")
+            actions = session.execute(
+                sa.select(Action.kind, Action.status, sa.func.count(), sa.func.max(Action.last_error))
+                .where(Action.project_id == ctx.project_id)
+                .group_by(Action.kind, Action.status)
+            ).all()
+        _failed_table(console, failed)
+        console.print(f"\n[bold]review queue[/bold]: {len(reviews)} open items (evalsvc review list --project demo)")
+        t = Table("action", "status", "count", "note", title="actions taken")
+        for kind, status, n, note in actions:
+            t.add_row(kind, status, str(n), note or "")
+        console.print(t)
+        console.print(f"webhook receiver: {len(receiver.received)} signed deliveries verified, "
+                      f"{receiver.rejected} bad signatures, {receiver.repeats} repeats dropped")  # fmt: skip
+
+    example = failed[0].run_key if failed else "inv-000001"
+    console.print(f"\ndone in {time.perf_counter() - t0:.1f} s. Try next:")
+    for line in (
+        f"evalsvc runs show {example} --project demo        # a run, its attempts and verdicts",
+        "evalsvc evals list --failed --project demo          # every failed eval with its run and step",
+        "evalsvc review list --project demo                  # the review queue",
+        "evalsvc keys create --project demo && evalsvc serve # the HTTP API at http://127.0.0.1:8000/docs",
+    ):
+        console.print(f"  {line}", highlight=False)
+
+
+def _report(console: Console, session: sa.orm.Session, project_id: int) -> None:
+    run_status = Counter(
+        dict(session.execute(sa.select(Run.status, sa.func.count()).where(Run.project_id == project_id).group_by(Run.status)).all())  # type: ignore[arg-type]
+    )
+    steps, retried = session.execute(
+        sa.select(sa.func.count(), sa.func.sum(sa.case((Step.attempt > 1, 1), else_=0))).where(Step.project_id == project_id)  # type: ignore[arg-type]
+    ).one()
+    console.print(f"runs: {sum(run_status.values())} ({', '.join(f'{n} {k}' for k, n in sorted(run_status.items()))}); "
+                  f"steps: {steps} attempts, {retried or 0} of them retries")  # fmt: skip
+    rows = session.execute(
+        sa.select(
+            EvalResult.evaluator,
+            sa.func.sum(sa.case((EvalResult.passed == sa.true(), 1), else_=0)),
+            sa.func.sum(sa.case((EvalResult.passed == sa.false(), 1), else_=0)),
+            sa.func.sum(sa.case((EvalResult.status == "skipped", 1), else_=0)),
+            sa.func.sum(sa.case((EvalResult.status == "error", 1), else_=0)),
+        )
+        .where(EvalResult.project_id == project_id)
+        .group_by(EvalResult.evaluator)
+        .order_by(EvalResult.evaluator)
+    ).all()
+    t = Table("evaluator", "passed", "failed", "pass rate", "skipped", "errors", title="pass rate per evaluator")
+    for name, passed, failed, skipped, errors in rows:
+        judged = (passed or 0) + (failed or 0)
+        rate = f"{100 * (passed or 0) / judged:.1f}%" if judged else "-"
+        t.add_row(name, str(passed or 0), f"[red]{failed}[/red]" if failed else "0", rate, str(skipped or 0), str(errors or 0))
+    console.print(t)
+
+
+def _failed_table(console: Console, failed: list[object]) -> None:
+    t = Table("evaluator", "run", "step", "attempt", "why", title=f"failed evals ({len(failed)}; first 12)")
+    for e in failed[:12]:
+        t.add_row(e.evaluator, e.run_key, e.step_name, str(e.attempt), (e.explanation or "")[:60])  # type: ignore[attr-defined]
+    console.print(t)
+
+
+def demo_path() -> Path:
+    return Path(str(files("evalsvc.demo").joinpath("evalsvc.yaml")))

@@ -1,0 +1,140 @@
+"""Engine, sessions and migrations of the store.
+
+SQLite (the embedded default, a file under ``EVALSVC_HOME``) or PostgreSQL
+(``EVALSVC_DATABASE_URL``); the schema comes from the Alembic migrations beside this module::
+
+    >>> from evalsvc.settings import Settings
+    >>> from evalsvc.store.db import get_engine, migrate
+    >>> engine = get_engine(Settings(home="/tmp/evalsvc-doc").resolved_database_url())
+    >>> migrate(engine)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+__all__ = ["get_engine", "json_dumps", "migrate", "session_scope", "write_session"]
+
+logger = logging.getLogger(__name__)
+_HERE = Path(__file__).parent
+_migrate_lock = threading.Lock()
+
+
+def json_dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+@lru_cache(maxsize=16)
+def get_engine(url: str) -> Engine:
+    """One engine per store URL (cached); SQLite gets WAL mode and a busy timeout."""
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url,
+            json_serializer=json_dumps,
+            json_deserializer=orjson.loads,
+            connect_args={"check_same_thread": False, "timeout": 30},
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        # let SQLAlchemy issue BEGIN itself, so that `BEGIN IMMEDIATE` takes the write lock up front
+        @event.listens_for(engine, "connect")
+        def _no_autobegin(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            mode = conn.info.pop("sqlite_begin", "BEGIN")
+            conn.exec_driver_sql(mode)
+
+        return engine
+    return sa.create_engine(
+        url,
+        json_serializer=json_dumps,
+        json_deserializer=orjson.loads,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+    )
+
+
+def _alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_HERE / "migrations"))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the store's schema to the latest migration (idempotent)."""
+    from alembic import command
+
+    with _migrate_lock:
+        if getattr(engine, "_evalsvc_migrated", False):
+            return
+        if engine.dialect.name == "postgresql":
+            # serialise concurrent starters (API and workers) on one advisory lock
+            with engine.begin() as conn:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242001)"))
+                command.upgrade(_alembic_config_with_connection(engine, conn), "head")
+        else:
+            command.upgrade(_alembic_config(engine), "head")
+        engine._evalsvc_migrated = True  # type: ignore[attr-defined]
+
+
+def _alembic_config_with_connection(engine: Engine, conn: sa.Connection) -> Any:
+    cfg = _alembic_config(engine)
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+@contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """A session whose transaction holds the store's write lock from its first statement.
+
+    On SQLite that is ``BEGIN IMMEDIATE``, so that a read-merge-write of the same rows by two
+    writers cannot interleave; PostgreSQL callers lock rows or keys themselves.
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
+        with conn.begin():
+            with Session(bind=conn, expire_on_commit=False) as session:
+                yield session
+                session.flush()
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise

@@ -1,0 +1,324 @@
+"""Read-only queries behind the API, the CLI and the UI, scoped to one project.
+
+Each returns pydantic ``*Public`` models, so the HTTP answer and the CLI's print agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import Session, select
+
+from evalsvc.errors import Conflict, NotFound
+
+from .models import Action, EvalResult, Evaluator, ReviewItem, Run, Step
+
+__all__ = [
+    "ActionPublic",
+    "EvalPublic",
+    "EvaluatorPublic",
+    "ReviewPublic",
+    "RunDetail",
+    "RunPublic",
+    "StepDetail",
+    "get_run",
+    "list_actions",
+    "list_evals",
+    "list_reviews",
+    "list_runs",
+]
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class RunPublic(_Public):
+    id: int
+    source: str
+    run_key: str
+    workflow: str | None
+    status: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    attributes: dict[str, Any] | None = None
+    failed_evals: int = 0
+
+
+class VerdictPublic(_Public):
+    id: int
+    evaluator: str
+    evaluator_version: str
+    status: str
+    passed: bool | None
+    value: float | None
+    label: str | None
+    explanation: str | None
+    error: str | None
+    skip_reason: str | None
+
+
+class ActionPublic(_Public):
+    id: int
+    eval_result_id: int
+    run_id: int
+    step_id: int
+    kind: str
+    status: str
+    target: str | None
+    reason: str | None
+    attempts: int
+    idempotency_key: str
+    last_error: str | None
+    response: dict[str, Any] | None
+    created_at: datetime
+    completed_at: datetime | None
+    next_attempt_at: datetime | None
+
+
+class StepDetail(_Public):
+    id: int
+    step_key: str
+    attempt: int
+    name: str
+    kind: str
+    status: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    latency_ms: float | None
+    input: Any = None
+    output: Any = None
+    expected: Any = None
+    error: dict[str, Any] | None = None
+    parent_step_key: str | None = None
+    model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    attributes: dict[str, Any] | None = None
+    verdicts: list[VerdictPublic] = Field(default_factory=list)
+
+
+class RunDetail(RunPublic):
+    steps: list[StepDetail] = Field(default_factory=list)
+    actions: list[ActionPublic] = Field(default_factory=list)
+
+
+class EvalPublic(VerdictPublic):
+    run_id: int
+    step_id: int
+    source: str
+    run_key: str
+    workflow: str | None
+    step_key: str
+    step_name: str
+    attempt: int
+    created_at: datetime
+    ended_at: datetime | None
+    latency_ms: float | None = None
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class ReviewPublic(_Public):
+    id: int
+    status: str
+    eval_result_id: int
+    run_id: int
+    step_id: int
+    assignee: str | None
+    reviewer: str | None
+    comment: str | None
+    human_passed: bool | None
+    created_at: datetime
+    decided_at: datetime | None
+    evaluator: str | None = None
+    explanation: str | None = None
+    run_key: str | None = None
+    source: str | None = None
+    step_key: str | None = None
+    attempt: int | None = None
+
+
+class EvaluatorPublic(_Public):
+    id: int
+    name: str
+    version: str
+    scorer: str
+    active: bool
+    definition: dict[str, Any]
+    created_at: datetime
+
+
+def _verdict_order(v: VerdictPublic) -> tuple[int, str]:
+    # failed first, then errors, then the rest
+    rank = 0 if v.passed is False else 1 if v.status == "error" else 2
+    return (rank, v.evaluator)
+
+
+def resolve_run(*, session: Session, project_id: int, run_key: str, source: str | None = None) -> Run:
+    q = select(Run).where(Run.project_id == project_id, Run.run_key == run_key)
+    if source:
+        q = q.where(Run.source == source)
+    runs = session.exec(q).all()
+    if not runs:
+        raise NotFound(f"no run {run_key!r}" + (f" from source {source!r}" if source else ""), field="run_key")
+    if len(runs) > 1:
+        raise Conflict(
+            f"run key {run_key!r} exists in sources {sorted(r.source for r in runs)}; pass source",
+            field="source",
+        )
+    return runs[0]
+
+
+def get_run(*, session: Session, project_id: int, run_key: str, source: str | None = None) -> RunDetail:
+    """A run with every step attempt, each with its verdicts (failed first), and the actions taken."""
+    run = resolve_run(session=session, project_id=project_id, run_key=run_key, source=source)
+    steps = session.exec(
+        select(Step).where(Step.run_id == run.id).order_by(Step.started_at, Step.step_key, Step.attempt)  # type: ignore[arg-type]
+    ).all()
+    results = session.exec(select(EvalResult).where(EvalResult.run_id == run.id)).all()
+    actions = session.exec(select(Action).where(Action.run_id == run.id).order_by(Action.id)).all()  # type: ignore[arg-type]
+    by_step: dict[int, list[VerdictPublic]] = {}
+    for r in results:
+        by_step.setdefault(r.step_id, []).append(VerdictPublic.model_validate(r))
+    detail = RunDetail.model_validate(run)
+    detail.steps = [
+        StepDetail.model_validate(s).model_copy(update={"verdicts": sorted(by_step.get(s.id or 0, []), key=_verdict_order)})
+        for s in steps
+    ]
+    detail.failed_evals = sum(1 for r in results if r.passed is False)
+    detail.actions = [ActionPublic.model_validate(a) for a in actions]
+    return detail
+
+
+def list_runs(
+    *,
+    session: Session,
+    project_id: int,
+    status: str | None = None,
+    workflow: str | None = None,
+    failed_evaluator: str | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[RunPublic]:
+    failed = (
+        sa.select(EvalResult.run_id, sa.func.count().label("n"))
+        .where(EvalResult.project_id == project_id, EvalResult.passed == sa.false())
+        .group_by(EvalResult.run_id)
+    )
+    if failed_evaluator:
+        failed = failed.where(EvalResult.evaluator == failed_evaluator)
+    sub = failed.subquery()
+    q = (
+        sa.select(Run, sa.func.coalesce(sub.c.n, 0))
+        .outerjoin(sub, sub.c.run_id == Run.id)
+        .where(Run.project_id == project_id)
+    )
+    if failed_evaluator:
+        q = q.where(sub.c.n > 0)
+    if status:
+        q = q.where(Run.status == status)
+    if workflow:
+        q = q.where(Run.workflow == workflow)
+    if since:
+        q = q.where(Run.updated_at >= since)
+    q = q.order_by(Run.started_at.desc().nullslast(), Run.id.desc()).limit(limit).offset(offset)  # type: ignore[union-attr]
+    out = []
+    for run, n in session.execute(q):
+        item = RunPublic.model_validate(run)
+        item.failed_evals = n
+        out.append(item)
+    return out
+
+
+def list_evals(
+    *,
+    session: Session,
+    project_id: int,
+    passed: bool | None = None,
+    status: str | None = None,
+    evaluator: str | None = None,
+    run_id: int | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[EvalPublic]:
+    q = (
+        sa.select(EvalResult, Run.source, Run.run_key, Run.workflow, Step.step_key, Step.name, Step.attempt)
+        .join(Step, Step.id == EvalResult.step_id)
+        .join(Run, Run.id == EvalResult.run_id)
+        .where(EvalResult.project_id == project_id)
+    )
+    if passed is not None:
+        q = q.where(EvalResult.passed == passed)
+    if status:
+        q = q.where(EvalResult.status == status)
+    if evaluator:
+        q = q.where(EvalResult.evaluator == evaluator)
+    if run_id:
+        q = q.where(EvalResult.run_id == run_id)
+    q = q.order_by(EvalResult.id.desc()).limit(limit).offset(offset)  # type: ignore[union-attr]
+    out = []
+    for res, source, run_key, workflow, step_key, step_name, attempt in session.execute(q):
+        data = VerdictPublic.model_validate(res).model_dump()
+        out.append(
+            EvalPublic(
+                **data, run_id=res.run_id, step_id=res.step_id, source=source, run_key=run_key, workflow=workflow,
+                step_key=step_key, step_name=step_name, attempt=attempt, created_at=res.created_at,
+                ended_at=res.ended_at, latency_ms=res.latency_ms,
+                links={"run": f"/v1/runs/{run_key}?source={source}"},
+            )  # fmt: skip
+        )
+    return out
+
+
+def list_actions(
+    *, session: Session, project_id: int, kind: str | None = None, status: str | None = None, limit: int = 100
+) -> list[ActionPublic]:
+    q = select(Action).where(Action.project_id == project_id)
+    if kind:
+        q = q.where(Action.kind == kind)
+    if status:
+        q = q.where(Action.status == status)
+    rows = session.exec(q.order_by(Action.id.desc()).limit(limit)).all()  # type: ignore[union-attr]
+    return [ActionPublic.model_validate(a) for a in rows]
+
+
+def list_reviews(
+    *, session: Session, project_id: int, status: str | None = "open", review_id: int | None = None, limit: int = 100
+) -> list[ReviewPublic]:
+    q = (
+        sa.select(ReviewItem, EvalResult.evaluator, EvalResult.explanation, Run.run_key, Run.source, Step.step_key, Step.attempt)
+        .join(EvalResult, EvalResult.id == ReviewItem.eval_result_id)
+        .join(Run, Run.id == ReviewItem.run_id)
+        .join(Step, Step.id == ReviewItem.step_id)
+        .where(ReviewItem.project_id == project_id)
+    )
+    if status:
+        q = q.where(ReviewItem.status == status)
+    if review_id is not None:
+        q = q.where(ReviewItem.id == review_id)
+    q = q.order_by(ReviewItem.id).limit(limit)  # type: ignore[arg-type]
+    out = []
+    for item, evaluator, explanation, run_key, source, step_key, attempt in session.execute(q):
+        pub = ReviewPublic.model_validate(item)
+        out.append(pub.model_copy(update={"evaluator": evaluator, "explanation": explanation, "run_key": run_key,
+                                          "source": source, "step_key": step_key, "attempt": attempt}))  # fmt: skip
+    return out
+
+
+def get_review(*, session: Session, project_id: int, review_id: int) -> ReviewItem:
+    item = session.get(ReviewItem, review_id)
+    if item is None or item.project_id != project_id:
+        raise NotFound(f"no review item {review_id}", field="review_id")
+    return item
+
+
+def list_evaluator_rows(*, session: Session, project_id: int, include_inactive: bool = False) -> list[EvaluatorPublic]:
+    q = select(Evaluator).where(Evaluator.project_id == project_id)
+    if not include_inactive:
+        q = q.where(Evaluator.active == sa.true())
+    return [EvaluatorPublic.model_validate(e) for e in session.exec(q.order_by(Evaluator.name, Evaluator.id)).all()]  # type: ignore[arg-type]

@@ -1,0 +1,51 @@
+"""Celery tasks: thin wrappers over the pipeline. Ids in, rows re-read, results written once."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+
+from evalsvc.errors import RetryableError
+from evalsvc.pipeline.remediate import dispatch_action
+from evalsvc.pipeline.score import score_pending
+from evalsvc.settings import get_settings
+from evalsvc.store.db import get_engine, migrate
+
+from .celery_app import app
+
+__all__ = ["dispatch_action_task", "score_results"]
+
+logger = logging.getLogger(__name__)
+
+
+def _engine() -> Any:
+    engine = get_engine(get_settings().resolved_database_url())
+    migrate(engine)
+    return engine
+
+
+@app.task(
+    name="evalsvc.score_results",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(RetryableError, OperationalError),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=8,
+)
+def score_results(ids: list[int]) -> dict[str, int]:
+    report = score_pending(engine=_engine(), ids=ids)
+    for aid in report.action_ids:
+        dispatch_action_task.delay(aid)
+    return {"scored": report.scored, "failed": report.failed, "errors": report.errors}
+
+
+@app.task(name="evalsvc.dispatch_action", acks_late=True, reject_on_worker_lost=True,
+          autoretry_for=(OperationalError,), retry_backoff=True, retry_jitter=True, max_retries=8)  # fmt: skip
+def dispatch_action_task(action_id: int) -> str:
+    outcome = dispatch_action(engine=_engine(), settings=get_settings(), action_id=action_id)
+    if outcome.status == "retry" and outcome.retry_at is not None:
+        dispatch_action_task.apply_async(args=[action_id], eta=outcome.retry_at)
+    return outcome.status
