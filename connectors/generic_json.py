@@ -34,8 +34,9 @@ class JsonConnector:
         elif isinstance(payload, dict):
             payload = [payload]
         if not isinstance(payload, list):
-            raise PayloadRejected("expected a JSON array of step records, an object with 'records', or one record",
-                                  field="records")  # fmt: skip
+            raise PayloadRejected(
+                "expected a JSON array of step records, an object with 'records', or one record", field="records"
+            )
         out: list[StepRecord | dict[str, Any]] = []
         for item in payload:
             if isinstance(item, dict) and "source" not in item:

@@ -24,16 +24,26 @@ from evalsvc.settings import Settings, get_settings
 
 from . import cli_output as out
 
-app = typer.Typer(help="evalsvc: production evals beside the workflow orchestrator.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, rich_markup_mode="markdown")  # fmt: skip
+app = typer.Typer(
+    help="evalsvc: production evals beside the workflow orchestrator.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
 evaluators_app = typer.Typer(help="Evaluators as code (evalsvc.yaml).", no_args_is_help=True)
 runs_app = typer.Typer(help="Runs with their steps and verdicts.", no_args_is_help=True)
 evals_app = typer.Typer(help="Eval results.", no_args_is_help=True)
 review_app = typer.Typer(help="The human review queue.", no_args_is_help=True)
 actions_app = typer.Typer(help="What evalsvc did to production (the audit trail).", no_args_is_help=True)
 keys_app = typer.Typer(help="Project API keys.", no_args_is_help=True)
-for sub, name in ((evaluators_app, "evaluators"), (runs_app, "runs"), (evals_app, "evals"), (review_app, "review"),
-                  (actions_app, "actions"), (keys_app, "keys")):  # fmt: skip
+for sub, name in (
+    (evaluators_app, "evaluators"),
+    (runs_app, "runs"),
+    (evals_app, "evals"),
+    (review_app, "review"),
+    (actions_app, "actions"),
+    (keys_app, "keys"),
+):
     app.add_typer(sub, name=name)
 
 console = Console()
@@ -47,8 +57,8 @@ class Ctx:
     """Settings, the migrated store and the project of one CLI command."""
 
     def __init__(self, project: str, settings: Settings | None = None) -> None:
-        from evalsvc.store.db import get_engine, migrate, session_scope
         from evalsvc.pipeline.projects import ensure_project
+        from evalsvc.store.db import get_engine, migrate, session_scope
 
         self.settings = settings or get_settings()
         self.engine = get_engine(self.settings.resolved_database_url())
@@ -106,17 +116,29 @@ def ingest_file(ctx: Ctx, file: Path, *, connector: str, chunk: int) -> Any:
     report = IngestReport()
     with ctx.session() as session:
         evaluators = load_active_evaluators(session=session, project_id=ctx.project_id)
-    with Progress(TextColumn("ingest"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), console=err,
-                  transient=True, disable=total < 1_000_000 or not err.is_terminal) as bar:  # fmt: skip
+    with Progress(
+        TextColumn("ingest"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=total < 1_000_000 or not err.is_terminal,
+    ) as bar:
         task = bar.add_task("ingest", total=total)
         index = 0
         for _, raw, pos in iter_chunks(file, chunk_size=chunk):
             items = conn.to_steps(raw)
             for start in range(0, len(items), chunk):
-                part = ingest_batch(engine=ctx.engine, project_id=ctx.project_id, items=items[start : start + chunk],
-                                    max_batch_records=ctx.settings.max_batch_records,
-                                    max_record_bytes=ctx.settings.max_record_bytes, offset=index,
-                                    evaluators=evaluators)  # fmt: skip
+                part = ingest_batch(
+                    engine=ctx.engine,
+                    project_id=ctx.project_id,
+                    items=items[start : start + chunk],
+                    max_batch_records=ctx.settings.max_batch_records,
+                    max_record_bytes=ctx.settings.max_record_bytes,
+                    offset=index,
+                    evaluators=evaluators,
+                )
                 index += len(items[start : start + chunk])
                 report.extend(part)
             bar.update(task, completed=pos)
@@ -148,8 +170,10 @@ def score(project: ProjectOpt = "default") -> None:
     ctx = Ctx(project)
     result = drain(engine=ctx.engine, settings=ctx.settings)
     s = result.score
-    console.print(f"scored {s.scored} ({s.passed} passed, {s.failed} failed), {s.errors} errors, "
-                  f"{s.skipped} skipped; actions: {result.actions or 'none due'}")  # fmt: skip
+    console.print(
+        f"scored {s.scored} ({s.passed} passed, {s.failed} failed), {s.errors} errors, "
+        f"{s.skipped} skipped; actions: {result.actions or 'none due'}"
+    )
 
 
 # ---- evaluators -------------------------------------------------------------------------------
@@ -171,8 +195,11 @@ def evaluators_apply(
 
 
 @evaluators_app.command("list")
-def evaluators_list(project: ProjectOpt = "default", all_versions: Annotated[bool, typer.Option("--all")] = False,
-                    as_json: JsonOpt = False) -> None:  # fmt: skip
+def evaluators_list(
+    project: ProjectOpt = "default",
+    all_versions: Annotated[bool, typer.Option("--all")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """List the active evaluators (`--all` for every version)."""
     from evalsvc.store.queries import list_evaluator_rows
 
@@ -186,7 +213,9 @@ def evaluators_list(project: ProjectOpt = "default", all_versions: Annotated[boo
 
 
 @runs_app.command("show")
-def runs_show(run_key: str, project: ProjectOpt = "default", source: str | None = None, as_json: JsonOpt = False) -> None:
+def runs_show(
+    run_key: str, project: ProjectOpt = "default", source: str | None = None, as_json: JsonOpt = False
+) -> None:
     """A run with every step attempt and its verdicts. Example: `evalsvc runs show inv-000042`."""
     from evalsvc.store.queries import get_run
 
@@ -200,35 +229,63 @@ def runs_show(run_key: str, project: ProjectOpt = "default", source: str | None 
 
 
 @runs_app.command("list")
-def runs_list(project: ProjectOpt = "default", status: str | None = None, workflow: str | None = None,
-              failed_evaluator: str | None = None, limit: int = 20, as_json: JsonOpt = False) -> None:  # fmt: skip
+def runs_list(
+    project: ProjectOpt = "default",
+    status: str | None = None,
+    workflow: str | None = None,
+    failed_evaluator: str | None = None,
+    limit: int = 20,
+    as_json: JsonOpt = False,
+) -> None:
     """Recent runs, with how many of their evals failed."""
     from evalsvc.store.queries import list_runs
 
     ctx = Ctx(project)
     with ctx.session() as session:
-        rows = list_runs(session=session, project_id=ctx.project_id, status=status, workflow=workflow,
-                         failed_evaluator=failed_evaluator, limit=limit)  # fmt: skip
+        rows = list_runs(
+            session=session,
+            project_id=ctx.project_id,
+            status=status,
+            workflow=workflow,
+            failed_evaluator=failed_evaluator,
+            limit=limit,
+        )
     out.emit(console, rows, as_json, out.runs_table)
 
 
 @evals_app.command("list")
-def evals_list(project: ProjectOpt = "default", failed: Annotated[bool, typer.Option("--failed")] = False,
-               evaluator: str | None = None, status: str | None = None, limit: int = 50,
-               as_json: JsonOpt = False) -> None:  # fmt: skip
+def evals_list(
+    project: ProjectOpt = "default",
+    failed: Annotated[bool, typer.Option("--failed")] = False,
+    evaluator: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    as_json: JsonOpt = False,
+) -> None:
     """Eval results, each with its run, step and attempt. Example: `evalsvc evals list --failed`."""
     from evalsvc.store.queries import list_evals
 
     ctx = Ctx(project)
     with ctx.session() as session:
-        rows = list_evals(session=session, project_id=ctx.project_id, passed=False if failed else None,
-                          evaluator=evaluator, status=status, limit=limit)  # fmt: skip
+        rows = list_evals(
+            session=session,
+            project_id=ctx.project_id,
+            passed=False if failed else None,
+            evaluator=evaluator,
+            status=status,
+            limit=limit,
+        )
     out.emit(console, rows, as_json, out.evals_table)
 
 
 @actions_app.command("list")
-def actions_list(project: ProjectOpt = "default", kind: str | None = None, status: str | None = None,
-                 limit: int = 50, as_json: JsonOpt = False) -> None:  # fmt: skip
+def actions_list(
+    project: ProjectOpt = "default",
+    kind: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    as_json: JsonOpt = False,
+) -> None:
     """Actions evalsvc took: what, when, why, and with what result."""
     from evalsvc.store.queries import list_actions
 
@@ -252,16 +309,28 @@ def review_list(project: ProjectOpt = "default", status: str = "open", as_json: 
     out.emit(console, rows, as_json, out.reviews_table)
 
 
-def _decide(review_id: int, decision: Literal["approved", "rejected"], project: str, comment: str | None,
-            reviewer: str | None, human_passed: bool | None) -> None:  # fmt: skip
+def _decide(
+    review_id: int,
+    decision: Literal["approved", "rejected"],
+    project: str,
+    comment: str | None,
+    reviewer: str | None,
+    human_passed: bool | None,
+) -> None:
     from evalsvc.pipeline.reviews import decide_review
     from evalsvc.worker import get_runner
 
     ctx = Ctx(project)
     with ctx.session() as session:
-        item, follow_up = decide_review(session=session, project_id=ctx.project_id, review_id=review_id,
-                                        decision=decision, reviewer=reviewer, comment=comment,
-                                        human_passed=human_passed)  # fmt: skip
+        item, follow_up = decide_review(
+            session=session,
+            project_id=ctx.project_id,
+            review_id=review_id,
+            decision=decision,
+            reviewer=reviewer,
+            comment=comment,
+            human_passed=human_passed,
+        )
     if follow_up is not None:
         get_runner(engine=ctx.engine, settings=ctx.settings).submit_actions([follow_up])
     note = f"; follow-up action {follow_up}" if follow_up else "; no orchestrator adapter for this run's source"
@@ -274,15 +343,25 @@ _Override = Annotated[bool | None, typer.Option("--passed/--failed", help="Your 
 
 
 @review_app.command("approve")
-def review_approve(review_id: int, project: ProjectOpt = "default", comment: _Comment = None,
-                   reviewer: _Reviewer = None, human_passed: _Override = None) -> None:  # fmt: skip
+def review_approve(
+    review_id: int,
+    project: ProjectOpt = "default",
+    comment: _Comment = None,
+    reviewer: _Reviewer = None,
+    human_passed: _Override = None,
+) -> None:
     """Approve a review item. Example: `evalsvc review approve 3 -m "label was ambiguous"`."""
     _decide(review_id, "approved", project, comment, reviewer, human_passed)
 
 
 @review_app.command("reject")
-def review_reject(review_id: int, project: ProjectOpt = "default", comment: _Comment = None,
-                  reviewer: _Reviewer = None, human_passed: _Override = None) -> None:  # fmt: skip
+def review_reject(
+    review_id: int,
+    project: ProjectOpt = "default",
+    comment: _Comment = None,
+    reviewer: _Reviewer = None,
+    human_passed: _Override = None,
+) -> None:
     """Reject a review item. Example: `evalsvc review reject 3 -m "wrong vendor"`."""
     _decide(review_id, "rejected", project, comment, reviewer, human_passed)
 
@@ -329,8 +408,13 @@ def serve(
 
     settings = get_settings()
     configure_logging(settings, service=True)
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port if port is not None else settings.port,
-                log_config=None, access_log=False)  # fmt: skip
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port if port is not None else settings.port,
+        log_config=None,
+        access_log=False,
+    )
 
 
 @app.command()
@@ -345,8 +429,9 @@ def worker(
         raise typer.Exit(4)
     from evalsvc.worker.celery_app import app as celery_app
 
-    celery_app.worker_main(["worker", f"--concurrency={concurrency}", f"--pool={pool}", "--loglevel=INFO",
-                            "-Q", "evalsvc"])  # fmt: skip
+    celery_app.worker_main(
+        ["worker", f"--concurrency={concurrency}", f"--pool={pool}", "--loglevel=INFO", "-Q", "evalsvc"]
+    )
 
 
 @app.command()

@@ -48,9 +48,7 @@ class Settings(BaseSettings):
     max_batch_records: int = Field(
         default=10_000, ge=1, description="Most records one ingest request or CLI chunk may carry."
     )
-    max_body_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=1024, description="Largest ingest request body, in bytes."
-    )
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Largest ingest request body, in bytes.")
     max_record_bytes: int = Field(
         default=1024 * 1024,
         ge=256,
@@ -67,9 +65,7 @@ class Settings(BaseSettings):
         description="Allow webhook targets on private, loopback or link-local addresses (tests, "
         "single-host setups). Off by default: such targets are refused.",
     )
-    webhook_timeout_seconds: float = Field(
-        default=10.0, gt=0, description="Timeout of one webhook delivery attempt."
-    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of one webhook delivery attempt.")
     action_max_attempts: int = Field(
         default=6, ge=1, description="Delivery attempts of one action before it is marked failed."
     )

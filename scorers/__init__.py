@@ -1,8 +1,8 @@
 """Scorers: grade a step's output. Rule-based here; statistical and LLM judges join them.
 
-    >>> from scorers import available
-    >>> sorted(available())[:3]
-    ['contains', 'equals', 'json_schema']
+>>> from scorers import available
+>>> sorted(available())[:3]
+['contains', 'equals', 'json_schema']
 """
 
 from .base import BaseScorer, Scorer, as_text, get_field

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from evalsvc.schemas import Score, StepPublic
 
-__all__ = ["BaseScorer", "Scorer", "get_field", "as_text"]
+__all__ = ["BaseScorer", "Scorer", "as_text", "get_field"]
 
 
 @runtime_checkable

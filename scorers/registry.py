@@ -1,10 +1,10 @@
 """Scorers registered by name; third-party scorers come from the ``evalsvc.scorers`` entry points.
 
-    >>> from scorers.registry import available, create
-    >>> "json_schema" in available()
-    True
-    >>> create("not_empty", {}).name
-    'not_empty'
+>>> from scorers.registry import available, create
+>>> "json_schema" in available()
+True
+>>> create("not_empty", {}).name
+'not_empty'
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def create(name: str, params: Mapping[str, Any]) -> Scorer:
     cls = get(name)
     try:
         if issubclass(cls, BaseModel):
-            scorer: Scorer = cls.model_validate(dict(params))
+            scorer: Scorer = cls.model_validate(dict(params))  # type: ignore[assignment]
         else:
             scorer = cls(**params)
     except ValidationError as exc:

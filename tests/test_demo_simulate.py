@@ -56,9 +56,7 @@ def _latency_s(rec: StepRecord) -> float:
     return (rec.ended_at - rec.started_at).total_seconds()
 
 
-def test_records_validate_and_are_json_ready(
-    records: list[dict[str, Any]], parsed: list[StepRecord]
-) -> None:
+def test_records_validate_and_are_json_ready(records: list[dict[str, Any]], parsed: list[StepRecord]) -> None:
     assert json.loads(json.dumps(records)) == records
     assert all(r["source"] == "json" and r["workflow"] == "invoice-agent" for r in records)
     assert all(re.fullmatch(r"inv-\d{6}", r["run_key"]) for r in records)
@@ -117,9 +115,7 @@ def test_planted_rates_are_present(parsed: list[StepRecord]) -> None:
     assert 8 <= len(retried) <= 45  # ~8%
     assert all(r.attributes.get("retry_reason") == "parse_error" for r in retried)
     schema = {"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}}
-    still_bad = [
-        r for r in retried if not jsonschema.Draft202012Validator(schema).is_valid(r.output)
-    ]
+    still_bad = [r for r in retried if not jsonschema.Draft202012Validator(schema).is_valid(r.output)]
     assert 1 <= len(still_bad) < len(retried)  # ~2% of runs
 
     lookups = _ends(parsed, "lookup_vendor")
@@ -181,9 +177,7 @@ def test_yaml_is_valid_evaluator_file(evaluators: dict[str, EvaluatorSpec]) -> N
     assert evaluators["llm_step_cost"].target.kind == "llm"
 
 
-def test_yaml_rules_catch_planted_failures(
-    parsed: list[StepRecord], evaluators: dict[str, EvaluatorSpec]
-) -> None:
+def test_yaml_rules_catch_planted_failures(parsed: list[StepRecord], evaluators: dict[str, EvaluatorSpec]) -> None:
     schema = evaluators["invoice_extraction_schema"].params["schema"]
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)

@@ -49,39 +49,23 @@ def _app_env() -> dict[str, str]:
 def _unknown_settings_keys(env: dict[str, str]) -> list[str]:
     """``EVALSVC_*`` keys that name no field of ``Settings``."""
     fields = set(Settings.model_fields)
-    return sorted(
-        key
-        for key in env
-        if key.startswith(PREFIX) and key[len(PREFIX) :].lower() not in fields
-    )
+    return sorted(key for key in env if key.startswith(PREFIX) and key[len(PREFIX) :].lower() not in fields)
 
 
 def _command_words(command: str | list[str]) -> list[str]:
-    return (
-        shlex.split(command)
-        if isinstance(command, str)
-        else [str(word) for word in command]
-    )
+    return shlex.split(command) if isinstance(command, str) else [str(word) for word in command]
 
 
 def _dockerfile_lines() -> list[str]:
     """Instructions of the Dockerfile, continuation lines joined, comments dropped."""
     text = DOCKERFILE.read_text(encoding="utf-8")
     text = re.sub(r"\\\n", " ", text)
-    return [
-        line.strip()
-        for line in text.splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _dockerfile_instructions(name: str) -> list[str]:
     prefix = name.upper() + " "
-    return [
-        line[len(prefix) :].strip()
-        for line in _dockerfile_lines()
-        if line.upper().startswith(prefix)
-    ]
+    return [line[len(prefix) :].strip() for line in _dockerfile_lines() if line.upper().startswith(prefix)]
 
 
 def test_services_are_exactly_the_four() -> None:
@@ -146,11 +130,9 @@ def test_app_services_wait_for_their_backends(name: str) -> None:
         "redis": {"condition": "service_started"},
     }
     assert service["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}
-    assert (
-        COMPOSE_FILE.parent
-        / service["build"]["context"]
-        / service["build"]["dockerfile"]
-    ).resolve() == (DOCKERFILE.resolve())
+    assert (COMPOSE_FILE.parent / service["build"]["context"] / service["build"]["dockerfile"]).resolve() == (
+        DOCKERFILE.resolve()
+    )
 
 
 def test_postgres_has_a_healthcheck_and_a_named_volume() -> None:
@@ -183,10 +165,7 @@ def test_dockerfile_copies_the_project() -> None:
         assert package in copied, f"Dockerfile does not copy {package}/"
         assert (ROOT / package).is_dir()
     assert {"pyproject.toml", "README.md"} <= copied
-    assert any(
-        "pip install" in run and "/app" in run
-        for run in _dockerfile_instructions("RUN")
-    )
+    assert any("pip install" in run and "/app" in run for run in _dockerfile_instructions("RUN"))
 
 
 def test_dockerfile_runs_as_non_root_with_local_cost_map() -> None:

@@ -51,8 +51,9 @@ def get_project(request: Request, engine: EngineDep) -> Project:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise Unauthorized("send 'Authorization: Bearer <key>' with a project API key (evalsvc keys create)",
-                           field="authorization")  # fmt: skip
+        raise Unauthorized(
+            "send 'Authorization: Bearer <key>' with a project API key (evalsvc keys create)", field="authorization"
+        )
     with Session(engine) as session:
         project = project_for_key(session=session, key=key.strip())
     if project is None:

@@ -1,8 +1,8 @@
 """The FastAPI application: routes, the one error mapping, and the in-process worker's lifecycle.
 
-    >>> from evalsvc.api.main import create_app
-    >>> from evalsvc.settings import Settings
-    >>> app = create_app(Settings(home="/tmp/evalsvc-doc-api"))
+>>> from evalsvc.api.main import create_app
+>>> from evalsvc.settings import Settings
+>>> app = create_app(Settings(home="/tmp/evalsvc-doc-api"))
 """
 
 from __future__ import annotations

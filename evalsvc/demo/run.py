@@ -21,10 +21,12 @@ import yaml
 from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
+from sqlmodel import Session
 
 from evalsvc.pipeline.evaluators import apply_evaluators, parse_specs
 from evalsvc.settings import get_settings
-from evalsvc.store.models import Action, EvalResult, Evaluator, ReviewItem, Run, Step, utcnow
+from evalsvc.store.models import Action, EvalResult, Evaluator, ReviewItem, Run, Step, table, utcnow
+from evalsvc.store.queries import EvalPublic
 
 from .receiver import WebhookReceiver
 from .simulate import simulate_runs, write_jsonl
@@ -37,8 +39,8 @@ PROJECT = "demo"
 def _reset(engine: sa.Engine, project_id: int) -> None:
     with engine.begin() as conn:
         for model in (Action, ReviewItem, EvalResult, Step, Run, Evaluator):
-            table = model.__table__  # type: ignore[attr-defined]
-            conn.execute(sa.delete(table).where(table.c.project_id == project_id))
+            t = table(model)
+            conn.execute(sa.delete(t).where(t.c.project_id == project_id))
 
 
 def run_demo(*, console: Console, runs: int = 300, seed: int = 7) -> None:
@@ -48,8 +50,11 @@ def run_demo(*, console: Console, runs: int = 300, seed: int = 7) -> None:
 
     t0 = time.perf_counter()
     base = get_settings()
-    secret = base.webhook_secret.get_secret_value() if base.webhook_secret else \
-        "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()  # fmt: skip
+    secret = (
+        base.webhook_secret.get_secret_value()
+        if base.webhook_secret
+        else "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    )
     # the demo's receiver listens on 127.0.0.1, so the demo (only) allows a loopback target
     settings = base.model_copy(update={"webhook_secret": SecretStr(secret), "webhook_allow_private": True})
     ctx = Ctx(PROJECT, settings=settings)
@@ -77,17 +82,20 @@ def run_demo(*, console: Console, runs: int = 300, seed: int = 7) -> None:
         console.print(f"ingested: {s['accepted']} accepted, {s['duplicate']} duplicate, {s['rejected']} rejected")
         result = drain(engine=ctx.engine, settings=settings)
         sc = result.score
-        console.print(f"scored {sc.scored + sc.skipped + sc.errors} evals: {sc.passed} passed, {sc.failed} failed, "
-                      f"{sc.skipped} skipped, {sc.errors} errors")  # fmt: skip
+        console.print(
+            f"scored {sc.scored + sc.skipped + sc.errors} evals: {sc.passed} passed, {sc.failed} failed, "
+            f"{sc.skipped} skipped, {sc.errors} errors"
+        )
 
         with ctx.session() as session:
             _report(console, session, ctx.project_id)
             failed = list_evals(session=session, project_id=ctx.project_id, passed=False, limit=10_000)
             reviews = list_reviews(session=session, project_id=ctx.project_id, status="open")
+            a = table(Action).c
             actions = session.execute(
-                sa.select(Action.kind, Action.status, sa.func.count(), sa.func.max(Action.last_error))
-                .where(Action.project_id == ctx.project_id)
-                .group_by(Action.kind, Action.status)
+                sa.select(a.kind, a.status, sa.func.count(), sa.func.max(a.last_error))
+                .where(a.project_id == ctx.project_id)
+                .group_by(a.kind, a.status)
             ).all()
         _failed_table(console, failed)
         console.print(f"\n[bold]review queue[/bold]: {len(reviews)} open items (evalsvc review list --project demo)")
@@ -95,8 +103,10 @@ def run_demo(*, console: Console, runs: int = 300, seed: int = 7) -> None:
         for kind, status, n, note in actions:
             t.add_row(kind, status, str(n), note or "")
         console.print(t)
-        console.print(f"webhook receiver: {len(receiver.received)} signed deliveries verified, "
-                      f"{receiver.rejected} bad signatures, {receiver.repeats} repeats dropped")  # fmt: skip
+        console.print(
+            f"webhook receiver: {len(receiver.received)} signed deliveries verified, "
+            f"{receiver.rejected} bad signatures, {receiver.repeats} repeats dropped"
+        )
 
     example = failed[0].run_key if failed else "inv-000001"
     console.print(f"\ndone in {time.perf_counter() - t0:.1f} s. Try next:")
@@ -109,39 +119,51 @@ def run_demo(*, console: Console, runs: int = 300, seed: int = 7) -> None:
         console.print(f"  {line}", highlight=False)
 
 
-def _report(console: Console, session: sa.orm.Session, project_id: int) -> None:
-    run_status = Counter(
-        dict(session.execute(sa.select(Run.status, sa.func.count()).where(Run.project_id == project_id).group_by(Run.status)).all())  # type: ignore[arg-type]
+def _report(console: Console, session: Session, project_id: int) -> None:
+    r, st, e = table(Run).c, table(Step).c, table(EvalResult).c
+    run_status: Counter[str] = Counter(
+        {
+            k: n
+            for k, n in session.execute(
+                sa.select(r.status, sa.func.count()).where(r.project_id == project_id).group_by(r.status)
+            )
+        }
     )
     steps, retried = session.execute(
-        sa.select(sa.func.count(), sa.func.sum(sa.case((Step.attempt > 1, 1), else_=0))).where(Step.project_id == project_id)  # type: ignore[arg-type]
+        sa.select(sa.func.count(), sa.func.sum(sa.case((st.attempt > 1, 1), else_=0))).where(
+            st.project_id == project_id
+        )
     ).one()
-    console.print(f"runs: {sum(run_status.values())} ({', '.join(f'{n} {k}' for k, n in sorted(run_status.items()))}); "
-                  f"steps: {steps} attempts, {retried or 0} of them retries")  # fmt: skip
+    console.print(
+        f"runs: {sum(run_status.values())} ({', '.join(f'{n} {k}' for k, n in sorted(run_status.items()))}); "
+        f"steps: {steps} attempts, {retried or 0} of them retries"
+    )
     rows = session.execute(
         sa.select(
-            EvalResult.evaluator,
-            sa.func.sum(sa.case((EvalResult.passed == sa.true(), 1), else_=0)),
-            sa.func.sum(sa.case((EvalResult.passed == sa.false(), 1), else_=0)),
-            sa.func.sum(sa.case((EvalResult.status == "skipped", 1), else_=0)),
-            sa.func.sum(sa.case((EvalResult.status == "error", 1), else_=0)),
+            e.evaluator,
+            sa.func.sum(sa.case((e.passed == sa.true(), 1), else_=0)),
+            sa.func.sum(sa.case((e.passed == sa.false(), 1), else_=0)),
+            sa.func.sum(sa.case((e.status == "skipped", 1), else_=0)),
+            sa.func.sum(sa.case((e.status == "error", 1), else_=0)),
         )
-        .where(EvalResult.project_id == project_id)
-        .group_by(EvalResult.evaluator)
-        .order_by(EvalResult.evaluator)
+        .where(e.project_id == project_id)
+        .group_by(e.evaluator)
+        .order_by(e.evaluator)
     ).all()
     t = Table("evaluator", "passed", "failed", "pass rate", "skipped", "errors", title="pass rate per evaluator")
     for name, passed, failed, skipped, errors in rows:
         judged = (passed or 0) + (failed or 0)
         rate = f"{100 * (passed or 0) / judged:.1f}%" if judged else "-"
-        t.add_row(name, str(passed or 0), f"[red]{failed}[/red]" if failed else "0", rate, str(skipped or 0), str(errors or 0))
+        t.add_row(
+            name, str(passed or 0), f"[red]{failed}[/red]" if failed else "0", rate, str(skipped or 0), str(errors or 0)
+        )
     console.print(t)
 
 
-def _failed_table(console: Console, failed: list[object]) -> None:
+def _failed_table(console: Console, failed: list[EvalPublic]) -> None:
     t = Table("evaluator", "run", "step", "attempt", "why", title=f"failed evals ({len(failed)}; first 12)")
     for e in failed[:12]:
-        t.add_row(e.evaluator, e.run_key, e.step_name, str(e.attempt), (e.explanation or "")[:60])  # type: ignore[attr-defined]
+        t.add_row(e.evaluator, e.run_key, e.step_name, str(e.attempt), (e.explanation or "")[:60])
     console.print(t)
 
 

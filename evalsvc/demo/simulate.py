@@ -85,9 +85,7 @@ def _cost(input_tokens: int, output_tokens: int) -> float:
     return round(input_tokens * USD_PER_INPUT_TOKEN + output_tokens * USD_PER_OUTPUT_TOKEN, 8)
 
 
-def _step(
-    run_key: str, step_key: str, kind: str, started: datetime, latency_s: float, **fields: Any
-) -> dict[str, Any]:
+def _step(run_key: str, step_key: str, kind: str, started: datetime, latency_s: float, **fields: Any) -> dict[str, Any]:
     """An end record: ``fields`` with None values are left out."""
     record: dict[str, Any] = {
         "source": "json",
@@ -105,9 +103,7 @@ def _step(
     return record
 
 
-def _llm(
-    rng: random.Random, tokens_in: tuple[int, int], tokens_out: tuple[int, int]
-) -> dict[str, Any]:
+def _llm(rng: random.Random, tokens_in: tuple[int, int], tokens_out: tuple[int, int]) -> dict[str, Any]:
     i, o = rng.randint(*tokens_in), rng.randint(*tokens_out)
     return {"model": MODEL, "input_tokens": i, "output_tokens": o, "cost_usd": _cost(i, o)}
 
@@ -135,11 +131,7 @@ def _malformed(rng: random.Random, doc: dict[str, Any]) -> Any:
 def _email(rng: random.Random, label: str, doc: dict[str, Any], contact: str) -> tuple[str, str]:
     kind = "Invoice" if label == "invoice" else "Receipt"
     subject = f"{kind} {doc['invoice_number']} from {doc['vendor']}"
-    due = (
-        f"Payment is due by {doc['due_date']}."
-        if label == "invoice"
-        else "Paid in full, thank you."
-    )
+    due = f"Payment is due by {doc['due_date']}." if label == "invoice" else "Paid in full, thank you."
     body = (
         f"Hello Accounts Payable,\n\nPlease find attached {kind.lower()} {doc['invoice_number']} "
         f"for {doc['currency']} {doc['total']:,.2f} covering services in "
@@ -175,11 +167,20 @@ def _run(rng: random.Random, index: int, started: datetime) -> list[dict[str, An
     if rng.random() < RATES["misclassified"]:
         predicted = rng.choice([x for x in LABELS if x != label])
     latency = rng.uniform(0.3, 0.9)
-    records.append(_step(
-        run_key, "classify_email", "llm", now, latency, output=predicted, expected=label,
-        input={"subject": subject, "body": body[:200]},
-        attributes={"prompt_version": "classify-v3"}, **_llm(rng, (180, 650), (1, 3)),
-    ))  # fmt: skip
+    records.append(
+        _step(
+            run_key,
+            "classify_email",
+            "llm",
+            now,
+            latency,
+            output=predicted,
+            expected=label,
+            input={"subject": subject, "body": body[:200]},
+            attributes={"prompt_version": "classify-v3"},
+            **_llm(rng, (180, 650), (1, 3)),
+        )
+    )
     advance(latency)
 
     # 2. extract_invoice (attempt 2 after a malformed attempt 1)
@@ -197,39 +198,75 @@ def _run(rng: random.Random, index: int, started: datetime) -> list[dict[str, An
         latency = rng.uniform(1.2, 3.5) + usage["input_tokens"] / 40_000
         if attempt > 1:
             attrs["retry_reason"] = "parse_error"
-        records.append(_step(
-            run_key, "extract_invoice", "llm", now, latency, attempt=attempt, output=output,
-            input={"email_text": f"Subject: {subject}\n\n{body}"}, attributes=attrs, **usage,
-        ))  # fmt: skip
+        records.append(
+            _step(
+                run_key,
+                "extract_invoice",
+                "llm",
+                now,
+                latency,
+                attempt=attempt,
+                output=output,
+                input={"email_text": f"Subject: {subject}\n\n{body}"},
+                attributes=attrs,
+                **usage,
+            )
+        )
         advance(latency)
 
     # 3. lookup_vendor (a timeout ends the run)
     if rng.random() < RATES["lookup_timeout"]:
         latency = 5.0 + rng.uniform(0.0, 0.05)
-        records.append(_step(
-            run_key, "lookup_vendor", "tool", now, latency, status="failed", run_status="failed",
-            input={"vendor_name": vendor}, attributes={"endpoint": "vendor-registry/search"},
-            error={"type": "TimeoutError", "message": "vendor-registry did not answer within 5.0 s"},
-        ))  # fmt: skip
+        records.append(
+            _step(
+                run_key,
+                "lookup_vendor",
+                "tool",
+                now,
+                latency,
+                status="failed",
+                run_status="failed",
+                input={"vendor_name": vendor},
+                attributes={"endpoint": "vendor-registry/search"},
+                error={"type": "TimeoutError", "message": "vendor-registry did not answer within 5.0 s"},
+            )
+        )
         return records
     latency = rng.uniform(0.08, 0.4)
-    records.append(_step(
-        run_key, "lookup_vendor", "tool", now, latency, input={"vendor_name": vendor},
-        output={"vendor_id": vendor_id, "match": "exact"},
-        attributes={"endpoint": "vendor-registry/search"},
-    ))  # fmt: skip
+    records.append(
+        _step(
+            run_key,
+            "lookup_vendor",
+            "tool",
+            now,
+            latency,
+            input={"vendor_name": vendor},
+            output={"vendor_id": vendor_id, "match": "exact"},
+            attributes={"endpoint": "vendor-registry/search"},
+        )
+    )
     advance(latency)
 
     # 4. post_to_ledger (sometimes slow)
     slow = rng.random() < RATES["ledger_slow"]
     latency = rng.uniform(4.0, 9.0) if slow else rng.uniform(0.1, 0.6)
-    records.append(_step(
-        run_key, "post_to_ledger", "tool", now, latency,
-        input={"vendor_id": vendor_id, "invoice_number": doc["invoice_number"],
-               "total": doc["total"], "currency": currency},
-        output={"ledger_entry_id": f"LE-{rng.randint(100000, 999999)}", "status": "posted"},
-        attributes={"endpoint": "ledger/entries"},
-    ))  # fmt: skip
+    records.append(
+        _step(
+            run_key,
+            "post_to_ledger",
+            "tool",
+            now,
+            latency,
+            input={
+                "vendor_id": vendor_id,
+                "invoice_number": doc["invoice_number"],
+                "total": doc["total"],
+                "currency": currency,
+            },
+            output={"ledger_entry_id": f"LE-{rng.randint(100000, 999999)}", "status": "posted"},
+            attributes={"endpoint": "ledger/entries"},
+        )
+    )
     advance(latency)
 
     # 5. draft_reply (sometimes leaks an address or a TODO, rarely empty)
@@ -248,23 +285,41 @@ def _run(rng: random.Random, index: int, started: datetime) -> list[dict[str, An
         reply = reply.replace("\n\nBest regards", f"\n\n{leak}\n\nBest regards")
     usage = _llm(rng, (250, 500), (60, 140))
     latency = rng.uniform(1.5, 4.0)
-    records.append(_step(
-        run_key, "draft_reply", "llm", now, latency, output=reply, run_status="completed",
-        input={"to": contact, "vendor": vendor, "invoice_number": doc["invoice_number"]},
-        attributes={"prompt_version": "reply-v2"}, **usage,
-    ))  # fmt: skip
+    records.append(
+        _step(
+            run_key,
+            "draft_reply",
+            "llm",
+            now,
+            latency,
+            output=reply,
+            run_status="completed",
+            input={"to": contact, "vendor": vendor, "invoice_number": doc["invoice_number"]},
+            attributes={"prompt_version": "reply-v2"},
+            **usage,
+        )
+    )
     return records
 
 
 def _start_record(end: dict[str, Any]) -> dict[str, Any]:
-    keep = ("source", "workflow", "run_key", "step_key", "attempt", "name", "kind", "started_at",
-            "input", "model", "attributes")  # fmt: skip
+    keep = (
+        "source",
+        "workflow",
+        "run_key",
+        "step_key",
+        "attempt",
+        "name",
+        "kind",
+        "started_at",
+        "input",
+        "model",
+        "attributes",
+    )
     return {**{k: end[k] for k in keep if k in end}, "status": "running"}
 
 
-def simulate_runs(
-    *, runs: int = 300, seed: int = 7, start: datetime | None = None
-) -> list[dict[str, Any]]:
+def simulate_runs(*, runs: int = 300, seed: int = 7, start: datetime | None = None) -> list[dict[str, Any]]:
     """Records of ``runs`` runs of the invoice agent; the same ``seed`` gives the same records."""
     rng = random.Random(seed)
     moment = start or DEFAULT_START

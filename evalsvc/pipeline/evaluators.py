@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import sqlalchemy as sa
 import yaml
 from pydantic import ValidationError
 from sqlmodel import Session, select
@@ -106,8 +105,14 @@ def apply_evaluators(
             changes.append(ApplyChange(spec.name, version, "unchanged"))
             continue
         if row is None:
-            row = Evaluator(project_id=project_id, name=spec.name, version=version, scorer=spec.scorer,
-                            definition=spec.model_dump(mode="json"), active=True)  # fmt: skip
+            row = Evaluator(
+                project_id=project_id,
+                name=spec.name,
+                version=version,
+                scorer=spec.scorer,
+                definition=spec.model_dump(mode="json"),
+                active=True,
+            )
         row.active = True
         row.definition = spec.model_dump(mode="json")  # the description may have changed
         session.add(row)

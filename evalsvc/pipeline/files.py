@@ -56,8 +56,10 @@ def _array_chunks(fh: IO[bytes], path: Path, chunk_size: int) -> Iterator[tuple[
                 index += len(batch)
                 batch = []
     except ijson.JSONError as exc:
-        raise InvalidInput(f"{path}: not a valid JSON array after item {index + len(batch)}: {exc}",
-                           field=f"file.item.{index + len(batch)}") from None  # fmt: skip
+        raise InvalidInput(
+            f"{path}: not a valid JSON array after item {index + len(batch)}: {exc}",
+            field=f"file.item.{index + len(batch)}",
+        ) from None
     if batch:
         yield index, batch, fh.tell()
 

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from sqlmodel import Session
 
 from evalsvc.schemas import TERMINAL_STEP_STATUSES, RunStatus, StepRecord, StepStatus, step_status_rank
-from evalsvc.store.models import Run, Step, utcnow
+from evalsvc.store.models import Run, Step, table, utcnow
 from evalsvc.store.sql import chunks, key_filter
 
 from .schedule import ActiveEvaluator, ScheduledStep, load_active_evaluators, schedule_evals
@@ -37,9 +37,21 @@ __all__ = ["IngestReport", "ItemResult", "ingest_batch", "ingest_records", "pars
 ItemStatus = Literal["accepted", "duplicate", "rejected"]
 
 MERGE_FIELDS = (
-    "name", "kind", "status", "started_at", "ended_at", "input", "output", "expected", "error",
-    "parent_step_key", "model", "input_tokens", "output_tokens", "cost_usd",
-)  # fmt: skip
+    "name",
+    "kind",
+    "status",
+    "started_at",
+    "ended_at",
+    "input",
+    "output",
+    "expected",
+    "error",
+    "parent_step_key",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+)
 _MIN_TS = datetime.min.replace(tzinfo=UTC)
 
 
@@ -142,7 +154,8 @@ def _latency(row: dict[str, Any]) -> float | None:
     start, end = row.get("started_at"), row.get("ended_at")
     if start is None or end is None:
         return None
-    return (end - start).total_seconds() * 1000.0
+    delta: float = (end - start).total_seconds()
+    return delta * 1000.0
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -211,9 +224,17 @@ def ingest_records(
             row["name"] = row["name"] or key[1]
             row["kind"] = row["kind"] or "step"
             inserts.append(
-                {**row, "project_id": project_id, "run_id": key[0], "step_key": key[1], "attempt": key[2],
-                 "latency_ms": _latency(row), "created_at": now, "updated_at": now}
-            )  # fmt: skip
+                {
+                    **row,
+                    "project_id": project_id,
+                    "run_id": key[0],
+                    "step_key": key[1],
+                    "attempt": key[2],
+                    "latency_ms": _latency(row),
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
             op_of[key] = "created"
         else:
             row = merge_step(old, part)
@@ -243,10 +264,19 @@ def ingest_records(
         run = by_id[row.get("run_id") or _run_of(existing, sid)]
         key_name = row.get("step_key") or _key_of(existing, sid)
         to_score.append(
-            ScheduledStep(step_id=sid, run_id=run.id, source=run.source, run_key=run.run_key,
-                          workflow=run.workflow, step_key=key_name, name=row["name"], kind=row["kind"],
-                          status=row["status"], attributes=row["attributes"])
-        )  # fmt: skip
+            ScheduledStep(
+                step_id=sid,
+                run_id=run.id,
+                source=run.source,
+                run_key=run.run_key,
+                workflow=run.workflow,
+                step_key=key_name,
+                name=row["name"],
+                kind=row["kind"],
+                status=row["status"],
+                attributes=row["attributes"],
+            )
+        )
     if to_score:
         if evaluators is None:
             evaluators = load_active_evaluators(session=session, project_id=project_id)
@@ -278,11 +308,12 @@ def _upsert_runs(
             info.status = rec.run_status.value
         info.attributes.update(rec.run_attributes)
 
-    t = Run.__table__  # type: ignore[attr-defined]
+    t = table(Run)
     existing: dict[tuple[str, str], Any] = {}
     for part in chunks(list(infos), 400):
-        q = sa.select(t.c.id, t.c.source, t.c.run_key, t.c.workflow, t.c.status, t.c.status_from_source,
-                      t.c.attributes).where(t.c.project_id == project_id, key_filter((t.c.source, t.c.run_key), part))  # fmt: skip
+        q = sa.select(
+            t.c.id, t.c.source, t.c.run_key, t.c.workflow, t.c.status, t.c.status_from_source, t.c.attributes
+        ).where(t.c.project_id == project_id, key_filter((t.c.source, t.c.run_key), part))
         for row in session.execute(q):
             existing[(row.source, row.run_key)] = row
 
@@ -291,11 +322,18 @@ def _upsert_runs(
         old = existing.get(key)
         if old is None:
             new_rows.append(
-                {"project_id": project_id, "source": info.source, "run_key": info.run_key,
-                 "workflow": info.workflow, "status": info.status or RunStatus.running.value,
-                 "status_from_source": info.status is not None, "attributes": info.attributes,
-                 "created_at": now, "updated_at": now}
-            )  # fmt: skip
+                {
+                    "project_id": project_id,
+                    "source": info.source,
+                    "run_key": info.run_key,
+                    "workflow": info.workflow,
+                    "status": info.status or RunStatus.running.value,
+                    "status_from_source": info.status is not None,
+                    "attributes": info.attributes,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
             continue
         info.id = old.id
         attrs = {**(old.attributes or {}), **info.attributes}
@@ -303,20 +341,29 @@ def _upsert_runs(
         status = info.status or old.status
         if attrs != (old.attributes or {}) or workflow != old.workflow or (info.status and info.status != old.status):
             changed.append(
-                {"b_id": old.id, "workflow": workflow, "attributes": attrs, "status": status,
-                 "status_from_source": old.status_from_source or info.status is not None}
-            )  # fmt: skip
+                {
+                    "b_id": old.id,
+                    "workflow": workflow,
+                    "attributes": attrs,
+                    "status": status,
+                    "status_from_source": old.status_from_source or info.status is not None,
+                }
+            )
     if new_rows:
-        stmt = sa.insert(t).returning(t.c.id, t.c.source, t.c.run_key)
-        for rid, source, run_key in session.execute(stmt, new_rows):
+        ins = sa.insert(t).returning(t.c.id, t.c.source, t.c.run_key)
+        for rid, source, run_key in session.execute(ins, new_rows):
             infos[(source, run_key)].id = rid
     if changed:
         stmt = (
             sa.update(t)
             .where(t.c.id == sa.bindparam("b_id"))
-            .values(workflow=sa.bindparam("workflow"), attributes=sa.bindparam("attributes"),
-                    status=sa.bindparam("status"), status_from_source=sa.bindparam("status_from_source"))
-        )  # fmt: skip
+            .values(
+                workflow=sa.bindparam("workflow"),
+                attributes=sa.bindparam("attributes"),
+                status=sa.bindparam("status"),
+                status_from_source=sa.bindparam("status_from_source"),
+            )
+        )
         session.connection().execute(stmt, changed)
     for key, info in infos.items():
         if not info.workflow and key in existing:
@@ -325,7 +372,7 @@ def _upsert_runs(
 
 
 def _load_steps(*, session: Session, keys: list[tuple[int, str, int]]) -> dict[tuple[int, str, int], dict[str, Any]]:
-    t = Step.__table__  # type: ignore[attr-defined]
+    t = table(Step)
     cols = [t.c[name] for name in _STEP_COLS]
     out: dict[tuple[int, str, int], dict[str, Any]] = {}
     for part in chunks(keys, 300):
@@ -339,12 +386,12 @@ def _load_steps(*, session: Session, keys: list[tuple[int, str, int]]) -> dict[t
 def _write_steps(
     *, session: Session, inserts: list[dict[str, Any]], updates: list[dict[str, Any]]
 ) -> dict[tuple[int, str, int], int]:
-    t = Step.__table__  # type: ignore[attr-defined]
+    t = table(Step)
     ids: dict[tuple[int, str, int], int] = {}
     conn = session.connection()
     if inserts:
-        stmt = sa.insert(t).returning(t.c.id, t.c.run_id, t.c.step_key, t.c.attempt)
-        for sid, run_id, step_key, attempt in conn.execute(stmt, inserts):
+        ins = sa.insert(t).returning(t.c.id, t.c.run_id, t.c.step_key, t.c.attempt)
+        for sid, run_id, step_key, attempt in conn.execute(ins, inserts):
             ids[(run_id, step_key, attempt)] = sid
     if updates:
         cols = [*MERGE_FIELDS, "attributes", "latency_ms", "updated_at"]
@@ -355,8 +402,8 @@ def _write_steps(
 
 def _refresh_runs(*, session: Session, run_ids: list[int], now: datetime) -> None:
     """Recompute each touched run's start, end and (unless the source said) status from its steps."""
-    t = Step.__table__  # type: ignore[attr-defined]
-    r = Run.__table__  # type: ignore[attr-defined]
+    t = table(Step)
+    r = table(Run)
     updates: list[dict[str, Any]] = []
     for part in chunks(run_ids, 500):
         latest = (
@@ -393,8 +440,9 @@ def _refresh_runs(*, session: Session, run_ids: list[int], now: datetime) -> Non
                 derived = RunStatus.cancelled.value
             else:
                 derived = RunStatus.completed.value
-            updates.append({"b_id": run_id, "started_at": a["start"], "ended_at": a["end"],
-                            "derived": derived, "updated_at": now})  # fmt: skip
+            updates.append(
+                {"b_id": run_id, "started_at": a["start"], "ended_at": a["end"], "derived": derived, "updated_at": now}
+            )
     if updates:
         stmt = (
             sa.update(r)

@@ -1,8 +1,8 @@
 """Projects (tenants) and their API keys. Only a key's SHA-256 is stored; the key is shown once.
 
-    >>> from evalsvc.pipeline.projects import hash_key
-    >>> len(hash_key("esk_example"))
-    64
+>>> from evalsvc.pipeline.projects import hash_key
+>>> len(hash_key("esk_example"))
+64
 """
 
 from __future__ import annotations

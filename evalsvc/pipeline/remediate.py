@@ -27,7 +27,7 @@ from sqlmodel import Session
 from evalsvc.schemas import ActionKind, ActionStatus, OnFail
 from evalsvc.settings import Settings
 from evalsvc.store.db import session_scope
-from evalsvc.store.models import Action, EvalResult, ReviewItem, utcnow
+from evalsvc.store.models import Action, EvalResult, ReviewItem, table, utcnow
 from evalsvc.store.sql import dialect_insert
 
 from .webhooks import WebhookError, build_payload, send_webhook
@@ -60,7 +60,7 @@ def plan_actions(*, session: Session, failures: list[FailedEval]) -> list[int]:
     Only results that the store holds as failed count (a concurrent duplicate scoring may have
     lost the race); the unique (eval result, kind) key makes a second plan a no-op.
     """
-    e = EvalResult.__table__  # type: ignore[attr-defined]
+    e = table(EvalResult)
     ids = [f.result_id for f in failures]
     confirmed = {
         r[0]
@@ -76,42 +76,70 @@ def plan_actions(*, session: Session, failures: list[FailedEval]) -> list[int]:
             continue
         kind = f.on_fail.action
         base = {
-            "project_id": f.project_id, "eval_result_id": f.result_id, "run_id": f.run_id, "step_id": f.step_id,
-            "kind": kind, "idempotency_key": idempotency_key(f.result_id, kind), "attempts": 0,
-            "reason": f"evaluator {f.evaluator} failed", "created_at": now, "updated_at": now,
-            "target": None, "status": ActionStatus.pending.value, "next_attempt_at": now,
-            "completed_at": None, "last_error": None,
-        }  # fmt: skip
+            "project_id": f.project_id,
+            "eval_result_id": f.result_id,
+            "run_id": f.run_id,
+            "step_id": f.step_id,
+            "kind": kind,
+            "idempotency_key": idempotency_key(f.result_id, kind),
+            "attempts": 0,
+            "reason": f"evaluator {f.evaluator} failed",
+            "created_at": now,
+            "updated_at": now,
+            "target": None,
+            "status": ActionStatus.pending.value,
+            "next_attempt_at": now,
+            "completed_at": None,
+            "last_error": None,
+        }
         if kind == ActionKind.review:
-            reviews.append({"project_id": f.project_id, "eval_result_id": f.result_id, "run_id": f.run_id,
-                            "step_id": f.step_id, "status": "open", "assignee": f.on_fail.assignee,
-                            "created_at": now})  # fmt: skip
-            base.update(status=ActionStatus.succeeded.value, target=f.on_fail.assignee or "review queue",
-                        completed_at=now, next_attempt_at=None)  # fmt: skip
+            reviews.append(
+                {
+                    "project_id": f.project_id,
+                    "eval_result_id": f.result_id,
+                    "run_id": f.run_id,
+                    "step_id": f.step_id,
+                    "status": "open",
+                    "assignee": f.on_fail.assignee,
+                    "created_at": now,
+                }
+            )
+            base.update(
+                status=ActionStatus.succeeded.value,
+                target=f.on_fail.assignee or "review queue",
+                completed_at=now,
+                next_attempt_at=None,
+            )
         elif kind == ActionKind.webhook:
             base.update(target=f.on_fail.url)
         elif kind not in ADAPTERS.get(f.source, set()):
-            base.update(status=ActionStatus.failed.value, next_attempt_at=None, completed_at=now,
-                        last_error=f"no orchestrator adapter performs {kind!r} for source {f.source!r} yet")  # fmt: skip
+            base.update(
+                status=ActionStatus.failed.value,
+                next_attempt_at=None,
+                completed_at=now,
+                last_error=f"no orchestrator adapter performs {kind!r} for source {f.source!r} yet",
+            )
         actions.append(base)
     conn = session.connection()
     if reviews:
-        r = ReviewItem.__table__  # type: ignore[attr-defined]
+        r = table(ReviewItem)
         conn.execute(dialect_insert(session, r).on_conflict_do_nothing(index_elements=["eval_result_id"]), reviews)
     if not actions:
         return []
-    a = Action.__table__  # type: ignore[attr-defined]
+    a = table(Action)
     stmt = dialect_insert(session, a).on_conflict_do_nothing(index_elements=["eval_result_id", "kind"])
     conn.execute(stmt, actions)
     keys = [x["idempotency_key"] for x in actions if x["status"] == ActionStatus.pending.value]
     if not keys:
         return []
-    return [row[0] for row in conn.execute(sa.select(a.c.id).where(a.c.idempotency_key.in_(keys), a.c.status == "pending"))]
+    return [
+        row[0] for row in conn.execute(sa.select(a.c.id).where(a.c.idempotency_key.in_(keys), a.c.status == "pending"))
+    ]
 
 
 def due_action_ids(*, engine: Engine, settings: Settings, limit: int = 500) -> list[int]:
     """Actions ready to dispatch: pending and due, or dispatched by a worker whose lease ran out."""
-    a = Action.__table__  # type: ignore[attr-defined]
+    a = table(Action)
     now = utcnow()
     stale = now - timedelta(seconds=settings.lease_seconds)
     q = (
@@ -137,7 +165,7 @@ class DispatchOutcome:
 
 
 def _claim(engine: Engine, action_id: int, settings: Settings) -> bool:
-    a = Action.__table__  # type: ignore[attr-defined]
+    a = table(Action)
     now = utcnow()
     stale = now - timedelta(seconds=settings.lease_seconds)
     stmt = (
@@ -157,8 +185,9 @@ def _claim(engine: Engine, action_id: int, settings: Settings) -> bool:
 
 def backoff_seconds(attempt: int, settings: Settings, rng: random.Random | None = None) -> float:
     """Exponential backoff with jitter: base * 2^(attempt-1), capped, times a factor in [0.5, 1.5)."""
-    base = min(settings.action_backoff_max_seconds, settings.action_backoff_seconds * 2 ** (attempt - 1))
-    return base * (0.5 + (rng or random).random())
+    base = min(settings.action_backoff_max_seconds, settings.action_backoff_seconds * 2.0 ** (attempt - 1))
+    factor: float = 0.5 + (rng or random).random()
+    return base * factor
 
 
 def dispatch_action(*, engine: Engine, settings: Settings, action_id: int) -> DispatchOutcome:
@@ -172,7 +201,9 @@ def dispatch_action(*, engine: Engine, settings: Settings, action_id: int) -> Di
     try:
         if action.kind == ActionKind.webhook:
             assert payload is not None and action.target
-            response = send_webhook(url=action.target, payload=payload, msg_id=action.idempotency_key, settings=settings)
+            response = send_webhook(
+                url=action.target, payload=payload, msg_id=action.idempotency_key, settings=settings
+            )
         else:
             raise WebhookError(f"no dispatcher for action kind {action.kind!r}", retryable=False)
     except WebhookError as exc:
@@ -182,14 +213,20 @@ def dispatch_action(*, engine: Engine, settings: Settings, action_id: int) -> Di
         row = session.get(Action, action_id)
         assert row is not None
         row.status, row.response, row.completed_at, row.updated_at, row.last_error = (
-            ActionStatus.succeeded.value, response, now, now, None,
-        )  # fmt: skip
+            ActionStatus.succeeded.value,
+            response,
+            now,
+            now,
+            None,
+        )
         session.add(row)
     logger.info("action %s %s succeeded", action.kind, action.idempotency_key, extra={"action_id": action_id})
     return DispatchOutcome("succeeded")
 
 
-def _record_failure(engine: Engine, action: Action, settings: Settings, error: str, *, retryable: bool) -> DispatchOutcome:
+def _record_failure(
+    engine: Engine, action: Action, settings: Settings, error: str, *, retryable: bool
+) -> DispatchOutcome:
     now = utcnow()
     attempts = action.attempts + 1  # the claim incremented the stored count
     give_up = not retryable or attempts >= settings.action_max_attempts

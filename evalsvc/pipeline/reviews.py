@@ -48,10 +48,16 @@ def decide_review(
     if run is not None and kind in ADAPTERS.get(run.source, set()):
         now = utcnow()
         action = Action(
-            project_id=project_id, eval_result_id=item.eval_result_id, run_id=item.run_id, step_id=item.step_id,
-            kind=kind.value, status=ActionStatus.pending.value, idempotency_key=idempotency_key(item.eval_result_id, kind),
-            reason=f"review {review_id} {decision}", next_attempt_at=now,
-        )  # fmt: skip
+            project_id=project_id,
+            eval_result_id=item.eval_result_id,
+            run_id=item.run_id,
+            step_id=item.step_id,
+            kind=kind.value,
+            status=ActionStatus.pending.value,
+            idempotency_key=idempotency_key(item.eval_result_id, kind),
+            reason=f"review {review_id} {decision}",
+            next_attempt_at=now,
+        )
         session.add(action)
         session.flush()
         follow_up = action.id

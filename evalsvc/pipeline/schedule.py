@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from evalsvc.schemas import EvalStatus, EvaluatorSpec, Target
-from evalsvc.store.models import EvalResult, Evaluator, utcnow
+from evalsvc.store.models import EvalResult, Evaluator, table, utcnow
 from evalsvc.store.sql import chunks, dialect_insert
 
 __all__ = ["ActiveEvaluator", "ScheduledStep", "load_active_evaluators", "matches", "sample_draw", "schedule_evals"]
@@ -115,9 +115,9 @@ def schedule_evals(
                 }
             )
     pending: list[int] = []
-    table = EvalResult.__table__  # type: ignore[attr-defined]
+    t = table(EvalResult)
     for part in chunks(rows, 2000):
-        stmt = dialect_insert(session, table)
+        stmt = dialect_insert(session, t)
         stmt = stmt.on_conflict_do_update(
             index_elements=["step_id", "evaluator", "evaluator_version"],
             set_={
@@ -132,7 +132,7 @@ def schedule_evals(
                 "started_at": None,
                 "ended_at": None,
             },
-        ).returning(table.c.id, table.c.status)
+        ).returning(t.c.id, t.c.status)
         for rid, status in session.execute(stmt, list(part)):
             if status == EvalStatus.pending:
                 pending.append(rid)

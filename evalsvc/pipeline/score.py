@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from evalsvc.errors import EvalServiceError
 from evalsvc.schemas import EvalStatus, EvaluatorSpec, Score, StepPublic
 from evalsvc.store.db import write_session
-from evalsvc.store.models import EvalResult, Evaluator, Run, Step, utcnow
+from evalsvc.store.models import EvalResult, Evaluator, Run, Step, table, utcnow
 from evalsvc.store.sql import chunks
 from scorers.base import Scorer
 from scorers.registry import create
@@ -65,29 +65,53 @@ def _scorer_for(evaluator_id: int, scorer: str, params_json: str) -> Scorer:
 
 def pending_ids(*, engine: Engine, limit: int, after_id: int = 0) -> list[int]:
     """Ids of pending results, oldest first (what a restarted worker picks up again)."""
-    t = EvalResult.__table__  # type: ignore[attr-defined]
+    t = table(EvalResult)
     q = sa.select(t.c.id).where(t.c.status == EvalStatus.pending.value, t.c.id > after_id).order_by(t.c.id).limit(limit)
     with engine.connect() as conn:
         return [r[0] for r in conn.execute(q)]
 
 
 _STEP_COLS = (
-    "id", "run_id", "step_key", "attempt", "name", "kind", "status", "started_at", "ended_at", "latency_ms",
-    "input", "output", "expected", "error", "parent_step_key", "model", "input_tokens", "output_tokens",
-    "cost_usd", "attributes",
-)  # fmt: skip
+    "id",
+    "run_id",
+    "step_key",
+    "attempt",
+    "name",
+    "kind",
+    "status",
+    "started_at",
+    "ended_at",
+    "latency_ms",
+    "input",
+    "output",
+    "expected",
+    "error",
+    "parent_step_key",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "attributes",
+)
 
 
 def _load(engine: Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
-    e = EvalResult.__table__  # type: ignore[attr-defined]
-    s = Step.__table__  # type: ignore[attr-defined]
-    r = Run.__table__  # type: ignore[attr-defined]
-    v = Evaluator.__table__  # type: ignore[attr-defined]
+    e = table(EvalResult)
+    s = table(Step)
+    r = table(Run)
+    v = table(Evaluator)
     cols = [
-        e.c.id.label("result_id"), e.c.project_id.label("project_id"), e.c.evaluator_id, e.c.evaluator,
-        v.c.scorer, v.c.definition, r.c.source, r.c.run_key, r.c.workflow,
+        e.c.id.label("result_id"),
+        e.c.project_id.label("project_id"),
+        e.c.evaluator_id,
+        e.c.evaluator,
+        v.c.scorer,
+        v.c.definition,
+        r.c.source,
+        r.c.run_key,
+        r.c.workflow,
         *[s.c[c].label(f"s_{c}") for c in _STEP_COLS],
-    ]  # fmt: skip
+    ]
     q = (
         sa.select(*cols)
         .select_from(e.join(s, s.c.id == e.c.step_id).join(r, r.c.id == e.c.run_id).join(v, v.c.id == e.c.evaluator_id))
@@ -159,10 +183,18 @@ def _score_chunk(engine: Engine, ids: Sequence[int]) -> ScoreReport:
         row = out["row"]
         spec = specs[row["evaluator_id"]]
         upd: dict[str, Any] = {
-            "b_id": row["result_id"], "value": None, "passed": None, "label": None, "explanation": None,
-            "metadata": None, "error": None, "skip_reason": None, "latency_ms": None,
-            "started_at": started, "ended_at": ended,
-        }  # fmt: skip
+            "b_id": row["result_id"],
+            "value": None,
+            "passed": None,
+            "label": None,
+            "explanation": None,
+            "metadata": None,
+            "error": None,
+            "skip_reason": None,
+            "latency_ms": None,
+            "started_at": started,
+            "ended_at": ended,
+        }
         if "error" in out:
             upd.update(status=EvalStatus.error.value, error=out["error"])
             report.errors += 1
@@ -173,12 +205,24 @@ def _score_chunk(engine: Engine, ids: Sequence[int]) -> ScoreReport:
                 upd.update(status=EvalStatus.error.value, error=error)
                 report.errors += 1
             elif score.value is None and score.passed is None:
-                upd.update(status=EvalStatus.skipped.value, skip_reason=score.explanation or "scorer had nothing to judge")
+                upd.update(
+                    status=EvalStatus.skipped.value, skip_reason=score.explanation or "scorer had nothing to judge"
+                )
                 report.skipped += 1
             else:
-                passed = score.passed if score.passed is not None else bool(score.value is not None and score.value >= spec.threshold)
-                upd.update(status=EvalStatus.completed.value, value=score.value, passed=passed, label=score.label,
-                           explanation=score.explanation, metadata=score.metadata or None)  # fmt: skip
+                passed = (
+                    score.passed
+                    if score.passed is not None
+                    else bool(score.value is not None and score.value >= spec.threshold)
+                )
+                upd.update(
+                    status=EvalStatus.completed.value,
+                    value=score.value,
+                    passed=passed,
+                    label=score.label,
+                    explanation=score.explanation,
+                    metadata=score.metadata or None,
+                )
                 report.scored += 1
                 if passed:
                     report.passed += 1
@@ -186,15 +230,32 @@ def _score_chunk(engine: Engine, ids: Sequence[int]) -> ScoreReport:
                     report.failed += 1
                     if spec.on_fail.action != "none":
                         failures.append(
-                            FailedEval(result_id=row["result_id"], project_id=row["project_id"], run_id=row["s_run_id"],
-                                       step_id=row["s_id"], source=row["source"], evaluator=row["evaluator"],
-                                       on_fail=spec.on_fail)
-                        )  # fmt: skip
+                            FailedEval(
+                                result_id=row["result_id"],
+                                project_id=row["project_id"],
+                                run_id=row["s_run_id"],
+                                step_id=row["s_id"],
+                                source=row["source"],
+                                evaluator=row["evaluator"],
+                                on_fail=spec.on_fail,
+                            )
+                        )
         updates.append(upd)
 
-    e = EvalResult.__table__  # type: ignore[attr-defined]
-    cols = ["status", "value", "passed", "label", "explanation", "metadata", "error", "skip_reason",
-            "latency_ms", "started_at", "ended_at"]  # fmt: skip
+    e = table(EvalResult)
+    cols = [
+        "status",
+        "value",
+        "passed",
+        "label",
+        "explanation",
+        "metadata",
+        "error",
+        "skip_reason",
+        "latency_ms",
+        "started_at",
+        "ended_at",
+    ]
     stmt = (
         sa.update(e)
         .where(e.c.id == sa.bindparam("b_id"), e.c.status == EvalStatus.pending.value)

@@ -59,8 +59,7 @@ def check_url(url: str, *, allow_private: bool, resolve: bool = True) -> None:
     for addr in addrs:
         if not addr.is_global:
             raise InvalidInput(
-                f"{host} resolves to the non-public address {addr}; set EVALSVC_WEBHOOK_ALLOW_PRIVATE=true "
-                "to allow it",
+                f"{host} resolves to the non-public address {addr}; set EVALSVC_WEBHOOK_ALLOW_PRIVATE=true to allow it",
                 field="on_fail.url",
             )
 
@@ -111,8 +110,9 @@ def send_webhook(*, url: str, payload: dict[str, Any], msg_id: str, settings: Se
         "webhook-signature": signature,
     }
     try:
-        resp = httpx.post(url, content=body, headers=headers, timeout=settings.webhook_timeout_seconds,
-                          follow_redirects=False)  # fmt: skip
+        resp = httpx.post(
+            url, content=body, headers=headers, timeout=settings.webhook_timeout_seconds, follow_redirects=False
+        )
     except httpx.HTTPError as exc:
         raise WebhookError(f"{type(exc).__name__}: {exc}", retryable=True) from None
     answer = {"status_code": resp.status_code, "body": resp.text[:2000]}

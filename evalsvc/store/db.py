@@ -59,6 +59,7 @@ def get_engine(url: str) -> Engine:
             connect_args={"check_same_thread": False, "timeout": 30},
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+
         # let SQLAlchemy issue BEGIN itself, so that `BEGIN IMMEDIATE` takes the write lock up front
         @event.listens_for(engine, "connect")
         def _no_autobegin(dbapi_conn: Any, _record: Any) -> None:
@@ -122,10 +123,9 @@ def write_session(engine: Engine) -> Iterator[Session]:
     with engine.connect() as conn:
         if conn.dialect.name == "sqlite":
             conn.info["sqlite_begin"] = "BEGIN IMMEDIATE"
-        with conn.begin():
-            with Session(bind=conn, expire_on_commit=False) as session:
-                yield session
-                session.flush()
+        with conn.begin(), Session(bind=conn, expire_on_commit=False) as session:
+            yield session
+            session.flush()
 
 
 @contextmanager

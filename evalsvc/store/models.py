@@ -23,6 +23,7 @@ __all__ = [
     "ReviewItem",
     "Run",
     "Step",
+    "table",
     "utcnow",
 ]
 
@@ -63,7 +64,11 @@ def _created() -> Any:
 
 
 def _json(*, name: str | None = None, nullable: bool = True) -> Any:
-    column = sa.Column(name, sa.JSON(none_as_null=True), nullable=nullable) if name else sa.Column(sa.JSON(none_as_null=True), nullable=nullable)
+    column = (
+        sa.Column(name, sa.JSON(none_as_null=True), nullable=nullable)
+        if name
+        else sa.Column(sa.JSON(none_as_null=True), nullable=nullable)
+    )
     return Field(default=None, sa_column=column)
 
 
@@ -222,3 +227,9 @@ class ReviewItem(SQLModel, table=True):
     human_passed: bool | None = None
     created_at: datetime = _created()
     decided_at: datetime | None = _ts()
+
+
+def table(model: type[SQLModel]) -> sa.Table:
+    """The Core table of a model, typed, for bulk statements."""
+    t: sa.Table = model.__table__  # type: ignore[attr-defined]
+    return t

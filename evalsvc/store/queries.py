@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from evalsvc.errors import Conflict, NotFound
 
@@ -177,16 +177,18 @@ def get_run(*, session: Session, project_id: int, run_key: str, source: str | No
     """A run with every step attempt, each with its verdicts (failed first), and the actions taken."""
     run = resolve_run(session=session, project_id=project_id, run_key=run_key, source=source)
     steps = session.exec(
-        select(Step).where(Step.run_id == run.id).order_by(Step.started_at, Step.step_key, Step.attempt)  # type: ignore[arg-type]
+        select(Step).where(Step.run_id == run.id).order_by(col(Step.started_at), col(Step.step_key), col(Step.attempt))
     ).all()
     results = session.exec(select(EvalResult).where(EvalResult.run_id == run.id)).all()
-    actions = session.exec(select(Action).where(Action.run_id == run.id).order_by(Action.id)).all()  # type: ignore[arg-type]
+    actions = session.exec(select(Action).where(Action.run_id == run.id).order_by(col(Action.id))).all()
     by_step: dict[int, list[VerdictPublic]] = {}
     for r in results:
         by_step.setdefault(r.step_id, []).append(VerdictPublic.model_validate(r))
     detail = RunDetail.model_validate(run)
     detail.steps = [
-        StepDetail.model_validate(s).model_copy(update={"verdicts": sorted(by_step.get(s.id or 0, []), key=_verdict_order)})
+        StepDetail.model_validate(s).model_copy(
+            update={"verdicts": sorted(by_step.get(s.id or 0, []), key=_verdict_order)}
+        )
         for s in steps
     ]
     detail.failed_evals = sum(1 for r in results if r.passed is False)
@@ -206,27 +208,27 @@ def list_runs(
     offset: int = 0,
 ) -> list[RunPublic]:
     failed = (
-        sa.select(EvalResult.run_id, sa.func.count().label("n"))
-        .where(EvalResult.project_id == project_id, EvalResult.passed == sa.false())
-        .group_by(EvalResult.run_id)
+        sa.select(col(EvalResult.run_id), sa.func.count().label("n"))
+        .where(col(EvalResult.project_id) == project_id, col(EvalResult.passed) == sa.false())
+        .group_by(col(EvalResult.run_id))
     )
     if failed_evaluator:
-        failed = failed.where(EvalResult.evaluator == failed_evaluator)
+        failed = failed.where(col(EvalResult.evaluator) == failed_evaluator)
     sub = failed.subquery()
     q = (
         sa.select(Run, sa.func.coalesce(sub.c.n, 0))
-        .outerjoin(sub, sub.c.run_id == Run.id)
-        .where(Run.project_id == project_id)
+        .outerjoin(sub, sub.c.run_id == col(Run.id))
+        .where(col(Run.project_id) == project_id)
     )
     if failed_evaluator:
         q = q.where(sub.c.n > 0)
     if status:
-        q = q.where(Run.status == status)
+        q = q.where(col(Run.status) == status)
     if workflow:
-        q = q.where(Run.workflow == workflow)
+        q = q.where(col(Run.workflow) == workflow)
     if since:
-        q = q.where(Run.updated_at >= since)
-    q = q.order_by(Run.started_at.desc().nullslast(), Run.id.desc()).limit(limit).offset(offset)  # type: ignore[union-attr]
+        q = q.where(col(Run.updated_at) >= since)
+    q = q.order_by(col(Run.started_at).desc().nullslast(), col(Run.id).desc()).limit(limit).offset(offset)
     out = []
     for run, n in session.execute(q):
         item = RunPublic.model_validate(run)
@@ -247,30 +249,47 @@ def list_evals(
     offset: int = 0,
 ) -> list[EvalPublic]:
     q = (
-        sa.select(EvalResult, Run.source, Run.run_key, Run.workflow, Step.step_key, Step.name, Step.attempt)
-        .join(Step, Step.id == EvalResult.step_id)
-        .join(Run, Run.id == EvalResult.run_id)
-        .where(EvalResult.project_id == project_id)
+        sa.select(
+            EvalResult,
+            col(Run.source),
+            col(Run.run_key),
+            col(Run.workflow),
+            col(Step.step_key),
+            col(Step.name),
+            col(Step.attempt),
+        )
+        .join(Step, col(Step.id) == col(EvalResult.step_id))
+        .join(Run, col(Run.id) == col(EvalResult.run_id))
+        .where(col(EvalResult.project_id) == project_id)
     )
     if passed is not None:
-        q = q.where(EvalResult.passed == passed)
+        q = q.where(col(EvalResult.passed) == passed)
     if status:
-        q = q.where(EvalResult.status == status)
+        q = q.where(col(EvalResult.status) == status)
     if evaluator:
-        q = q.where(EvalResult.evaluator == evaluator)
+        q = q.where(col(EvalResult.evaluator) == evaluator)
     if run_id:
-        q = q.where(EvalResult.run_id == run_id)
-    q = q.order_by(EvalResult.id.desc()).limit(limit).offset(offset)  # type: ignore[union-attr]
+        q = q.where(col(EvalResult.run_id) == run_id)
+    q = q.order_by(col(EvalResult.id).desc()).limit(limit).offset(offset)
     out = []
     for res, source, run_key, workflow, step_key, step_name, attempt in session.execute(q):
         data = VerdictPublic.model_validate(res).model_dump()
         out.append(
             EvalPublic(
-                **data, run_id=res.run_id, step_id=res.step_id, source=source, run_key=run_key, workflow=workflow,
-                step_key=step_key, step_name=step_name, attempt=attempt, created_at=res.created_at,
-                ended_at=res.ended_at, latency_ms=res.latency_ms,
+                **data,
+                run_id=res.run_id,
+                step_id=res.step_id,
+                source=source,
+                run_key=run_key,
+                workflow=workflow,
+                step_key=step_key,
+                step_name=step_name,
+                attempt=attempt,
+                created_at=res.created_at,
+                ended_at=res.ended_at,
+                latency_ms=res.latency_ms,
                 links={"run": f"/v1/runs/{run_key}?source={source}"},
-            )  # fmt: skip
+            )
         )
     return out
 
@@ -283,7 +302,7 @@ def list_actions(
         q = q.where(Action.kind == kind)
     if status:
         q = q.where(Action.status == status)
-    rows = session.exec(q.order_by(Action.id.desc()).limit(limit)).all()  # type: ignore[union-attr]
+    rows = session.exec(q.order_by(col(Action.id).desc()).limit(limit)).all()
     return [ActionPublic.model_validate(a) for a in rows]
 
 
@@ -291,22 +310,40 @@ def list_reviews(
     *, session: Session, project_id: int, status: str | None = "open", review_id: int | None = None, limit: int = 100
 ) -> list[ReviewPublic]:
     q = (
-        sa.select(ReviewItem, EvalResult.evaluator, EvalResult.explanation, Run.run_key, Run.source, Step.step_key, Step.attempt)
-        .join(EvalResult, EvalResult.id == ReviewItem.eval_result_id)
-        .join(Run, Run.id == ReviewItem.run_id)
-        .join(Step, Step.id == ReviewItem.step_id)
-        .where(ReviewItem.project_id == project_id)
+        sa.select(
+            ReviewItem,
+            col(EvalResult.evaluator),
+            col(EvalResult.explanation),
+            col(Run.run_key),
+            col(Run.source),
+            col(Step.step_key),
+            col(Step.attempt),
+        )
+        .join(EvalResult, col(EvalResult.id) == col(ReviewItem.eval_result_id))
+        .join(Run, col(Run.id) == col(ReviewItem.run_id))
+        .join(Step, col(Step.id) == col(ReviewItem.step_id))
+        .where(col(ReviewItem.project_id) == project_id)
     )
     if status:
-        q = q.where(ReviewItem.status == status)
+        q = q.where(col(ReviewItem.status) == status)
     if review_id is not None:
-        q = q.where(ReviewItem.id == review_id)
-    q = q.order_by(ReviewItem.id).limit(limit)  # type: ignore[arg-type]
+        q = q.where(col(ReviewItem.id) == review_id)
+    q = q.order_by(col(ReviewItem.id)).limit(limit)
     out = []
     for item, evaluator, explanation, run_key, source, step_key, attempt in session.execute(q):
         pub = ReviewPublic.model_validate(item)
-        out.append(pub.model_copy(update={"evaluator": evaluator, "explanation": explanation, "run_key": run_key,
-                                          "source": source, "step_key": step_key, "attempt": attempt}))  # fmt: skip
+        out.append(
+            pub.model_copy(
+                update={
+                    "evaluator": evaluator,
+                    "explanation": explanation,
+                    "run_key": run_key,
+                    "source": source,
+                    "step_key": step_key,
+                    "attempt": attempt,
+                }
+            )
+        )
     return out
 
 
@@ -321,4 +358,7 @@ def list_evaluator_rows(*, session: Session, project_id: int, include_inactive: 
     q = select(Evaluator).where(Evaluator.project_id == project_id)
     if not include_inactive:
         q = q.where(Evaluator.active == sa.true())
-    return [EvaluatorPublic.model_validate(e) for e in session.exec(q.order_by(Evaluator.name, Evaluator.id)).all()]  # type: ignore[arg-type]
+    return [
+        EvaluatorPublic.model_validate(e)
+        for e in session.exec(q.order_by(col(Evaluator.name), col(Evaluator.id))).all()
+    ]

@@ -42,8 +42,15 @@ def score_results(ids: list[int]) -> dict[str, int]:
     return {"scored": report.scored, "failed": report.failed, "errors": report.errors}
 
 
-@app.task(name="evalsvc.dispatch_action", acks_late=True, reject_on_worker_lost=True,
-          autoretry_for=(OperationalError,), retry_backoff=True, retry_jitter=True, max_retries=8)  # fmt: skip
+@app.task(
+    name="evalsvc.dispatch_action",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=8,
+)
 def dispatch_action_task(action_id: int) -> str:
     outcome = dispatch_action(engine=_engine(), settings=get_settings(), action_id=action_id)
     if outcome.status == "retry" and outcome.retry_at is not None:

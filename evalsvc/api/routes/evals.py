@@ -27,8 +27,15 @@ def evals(
     limit: int = Query(default=100, ge=1, le=1000),
     offset: int = Query(default=0, ge=0),
 ) -> list[EvalPublic]:
-    return list_evals(session=session, project_id=project.id or 0, passed=passed, status=status,
-                      evaluator=evaluator, limit=limit, offset=offset)  # fmt: skip
+    return list_evals(
+        session=session,
+        project_id=project.id or 0,
+        passed=passed,
+        status=status,
+        evaluator=evaluator,
+        limit=limit,
+        offset=offset,
+    )
 
 
 @router.get("/evaluators", response_model=list[EvaluatorPublic])
@@ -36,7 +43,7 @@ def evaluators(project: ProjectDep, session: SessionDep, include_inactive: bool 
     return list_evaluator_rows(session=session, project_id=project.id or 0, include_inactive=include_inactive)
 
 
-@router.post("/evaluators", summary="Apply an evaluator file (YAML, or JSON {\"evaluators\": [...]})")
+@router.post("/evaluators", summary='Apply an evaluator file (YAML, or JSON {"evaluators": [...]})')
 async def apply(request: Request, project: ProjectDep, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     body = await read_body(request, 1024 * 1024)
     if "json" in request.headers.get("content-type", ""):

@@ -29,16 +29,29 @@ def reviews(
     status: Literal["open", "approved", "rejected", "all"] = "open",
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> list[ReviewPublic]:
-    return list_reviews(session=session, project_id=project.id or 0, status=None if status == "all" else status,
-                        limit=limit)  # fmt: skip
+    return list_reviews(
+        session=session, project_id=project.id or 0, status=None if status == "all" else status, limit=limit
+    )
 
 
-def _decide(review_id: int, decision: Literal["approved", "rejected"], body: Decision | None, project: Any,
-            session: Any, runner: Any) -> dict[str, Any]:  # fmt: skip
+def _decide(
+    review_id: int,
+    decision: Literal["approved", "rejected"],
+    body: Decision | None,
+    project: Any,
+    session: Any,
+    runner: Any,
+) -> dict[str, Any]:
     body = body or Decision()
-    item, follow_up = decide_review(session=session, project_id=project.id or 0, review_id=review_id,
-                                    decision=decision, reviewer=body.reviewer, comment=body.comment,
-                                    human_passed=body.human_passed)  # fmt: skip
+    item, follow_up = decide_review(
+        session=session,
+        project_id=project.id or 0,
+        review_id=review_id,
+        decision=decision,
+        reviewer=body.reviewer,
+        comment=body.comment,
+        human_passed=body.human_passed,
+    )
     session.commit()
     if follow_up is not None:
         runner.submit_actions([follow_up])
@@ -46,12 +59,14 @@ def _decide(review_id: int, decision: Literal["approved", "rejected"], body: Dec
 
 
 @router.post("/reviews/{review_id}/approve")
-def approve(review_id: int, project: ProjectDep, session: SessionDep, runner: RunnerDep,
-            body: Decision | None = None) -> dict[str, Any]:  # fmt: skip
+def approve(
+    review_id: int, project: ProjectDep, session: SessionDep, runner: RunnerDep, body: Decision | None = None
+) -> dict[str, Any]:
     return _decide(review_id, "approved", body, project, session, runner)
 
 
 @router.post("/reviews/{review_id}/reject")
-def reject(review_id: int, project: ProjectDep, session: SessionDep, runner: RunnerDep,
-           body: Decision | None = None) -> dict[str, Any]:  # fmt: skip
+def reject(
+    review_id: int, project: ProjectDep, session: SessionDep, runner: RunnerDep, body: Decision | None = None
+) -> dict[str, Any]:
     return _decide(review_id, "rejected", body, project, session, runner)

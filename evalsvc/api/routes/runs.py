@@ -24,8 +24,16 @@ def runs(
     limit: int = Query(default=50, ge=1, le=1000),
     offset: int = Query(default=0, ge=0),
 ) -> list[RunPublic]:
-    return list_runs(session=session, project_id=project.id or 0, status=status, workflow=workflow,
-                     failed_evaluator=failed_evaluator, since=since, limit=limit, offset=offset)  # fmt: skip
+    return list_runs(
+        session=session,
+        project_id=project.id or 0,
+        status=status,
+        workflow=workflow,
+        failed_evaluator=failed_evaluator,
+        since=since,
+        limit=limit,
+        offset=offset,
+    )
 
 
 @router.get("/runs/{run_key}", response_model=RunDetail, summary="A run with its steps (all attempts) and verdicts")
