@@ -430,7 +430,14 @@ def worker(
     from evalsvc.worker.celery_app import app as celery_app
 
     celery_app.worker_main(
-        ["worker", f"--concurrency={concurrency}", f"--pool={pool}", "--loglevel=INFO", "-Q", "evalsvc"]
+        [
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--pool={pool}",
+            f"--loglevel={settings.log_level}",
+            "-Q",
+            settings.queue,
+        ]
     )
 
 

@@ -45,6 +45,14 @@ class Settings(BaseSettings):
         description="Celery broker, e.g. `redis://127.0.0.1:6379/0`. Unset: scoring and actions run "
         "in-process, in a background thread of `serve` (or inline in CLI commands).",
     )
+    queue: str = Field(
+        default="evalsvc",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Celery queue that the API and CLI send scoring and action tasks to and that "
+        "`evalsvc worker` consumes; give deployments that share one broker different queues.",
+    )
     max_batch_records: int = Field(
         default=10_000, ge=1, description="Most records one ingest request or CLI chunk may carry."
     )

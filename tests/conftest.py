@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from evalsvc.api.main import create_app
 from evalsvc.pipeline.projects import create_key, ensure_project
 from evalsvc.settings import Settings
-from evalsvc.store.db import get_engine, migrate, session_scope
+from evalsvc.store.db import dispose_engines, get_engine, migrate, session_scope
 
 PG_ADMIN_URL = os.environ.get("EVALSVC_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("EVALSVC_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -34,7 +34,7 @@ def pg_url() -> Iterator[str]:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     yield url
-    get_engine.cache_clear()
+    dispose_engines()
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()

@@ -39,9 +39,9 @@ RunnerDep = Annotated[Runner, Depends(get_runner_dep)]
 
 
 def get_session(engine: EngineDep) -> Iterator[Session]:
+    """A read-only session; routes that write open :func:`evalsvc.store.db.write_session` themselves."""
     with Session(engine, expire_on_commit=False) as session:
         yield session
-        session.commit()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -14,7 +14,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 
 from evalsvc.errors import EvalServiceError
 from evalsvc.settings import Settings, get_settings
@@ -22,6 +21,7 @@ from evalsvc.store.db import get_engine, migrate
 from evalsvc.worker import get_runner
 from evalsvc.worker.inprocess import InProcessWorker
 
+from .responses import JSONBytes
 from .routes import evals, health, ingest, reviews, runs
 
 __all__ = ["create_app"]
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, *, start_worker: bool = True) -
         title="evalsvc",
         version="0.1.0",
         summary="Production evals beside the workflow orchestrator.",
-        default_response_class=ORJSONResponse,
+        default_response_class=JSONBytes,
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -61,17 +61,17 @@ def create_app(settings: Settings | None = None, *, start_worker: bool = True) -
         app.state.runner = get_runner(engine=engine, settings=settings)
 
     @app.exception_handler(EvalServiceError)
-    async def _service_error(_: Request, exc: EvalServiceError) -> ORJSONResponse:
+    async def _service_error(_: Request, exc: EvalServiceError) -> JSONBytes:
         headers = {"Retry-After": "1"} if exc.http_status in (429, 503) else None
-        return ORJSONResponse(exc.as_dict(), status_code=exc.http_status, headers=headers)
+        return JSONBytes(exc.as_dict(), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONBytes:
         err: dict[str, Any] = exc.errors()[0]
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
         field = ".".join(loc) or None
         message = f"{field}: {err.get('msg')}" if field else str(err.get("msg"))
-        return ORJSONResponse({"error": "invalid_input", "message": message, "field": field}, status_code=422)
+        return JSONBytes({"error": "invalid_input", "message": message, "field": field}, status_code=422)
 
     for module in (health, ingest, runs, evals, reviews):
         app.include_router(module.router)

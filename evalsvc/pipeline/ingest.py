@@ -138,16 +138,26 @@ def _precedence(row: dict[str, Any]) -> tuple[int, datetime]:
     return (step_status_rank(status) if status else -1, row.get("ended_at") or _MIN_TS)
 
 
-def merge_step(base: dict[str, Any], incoming: dict[str, Any]) -> dict[str, Any]:
+def merge_step(base: dict[str, Any], incoming: dict[str, Any], *, step_key: str | None = None) -> dict[str, Any]:
     """Merge two partial rows of the same step key; the result does not depend on their order
-    when they differ in progress (status, then end time); at a tie the incoming record corrects."""
+    when they differ in progress (status, then end time); at a tie the incoming record corrects.
+
+    Defaults are weak: a stored ``kind`` of ``step`` or a ``name`` equal to the step key gives way
+    to a real value from the other record, whichever wins."""
     win, lose = (incoming, base) if _precedence(incoming) >= _precedence(base) else (base, incoming)
     out = {}
     for name in MERGE_FIELDS:
         value = win.get(name)
-        out[name] = value if value is not None else lose.get(name)
+        other = lose.get(name)
+        if value is None or (other is not None and _weak(name, value, step_key) and not _weak(name, other, step_key)):
+            value = other
+        out[name] = value
     out["attributes"] = {**(lose.get("attributes") or {}), **(win.get("attributes") or {})}
     return out
+
+
+def _weak(name: str, value: Any, step_key: str | None) -> bool:
+    return (name == "kind" and value == "step") or (name == "name" and value == step_key)
 
 
 def _latency(row: dict[str, Any]) -> float | None:
@@ -205,7 +215,7 @@ def ingest_records(
         key = (runs[(rec.source, rec.run_key)].id, rec.step_key, rec.attempt)
         part = _partial(rec)
         if key in batch:
-            merged = merge_step(batch[key], part)
+            merged = merge_step(batch[key], part, step_key=rec.step_key)
             if _same(merged, batch[key]):
                 dup_in_batch.add(index)
             batch[key] = merged
@@ -237,7 +247,7 @@ def ingest_records(
             )
             op_of[key] = "created"
         else:
-            row = merge_step(old, part)
+            row = merge_step(old, part, step_key=key[1])
             if _same(row, old):
                 op_of[key] = None
                 continue

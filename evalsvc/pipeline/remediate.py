@@ -228,7 +228,7 @@ def _record_failure(
     engine: Engine, action: Action, settings: Settings, error: str, *, retryable: bool
 ) -> DispatchOutcome:
     now = utcnow()
-    attempts = action.attempts + 1  # the claim incremented the stored count
+    attempts = action.attempts  # read after the claim, which counted this attempt
     give_up = not retryable or attempts >= settings.action_max_attempts
     retry_at = None if give_up else now + timedelta(seconds=backoff_seconds(attempts, settings))
     with session_scope(engine) as session:

@@ -15,7 +15,6 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-__all__ = ["get_engine", "json_dumps", "migrate", "session_scope", "write_session"]
+__all__ = ["dispose_engines", "get_engine", "json_dumps", "migrate", "session_scope", "write_session"]
 
 logger = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
@@ -45,9 +44,28 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-@lru_cache(maxsize=16)
+_ENGINES: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
 def get_engine(url: str) -> Engine:
     """One engine per store URL (cached); SQLite gets WAL mode and a busy timeout."""
+    with _engines_lock:
+        engine = _ENGINES.get(url)
+        if engine is None:
+            engine = _ENGINES[url] = _make_engine(url)
+        return engine
+
+
+def dispose_engines(*, close: bool = True) -> None:
+    """Forget every cached engine; ``close=False`` after a fork (the parent owns the sockets)."""
+    with _engines_lock:
+        for engine in _ENGINES.values():
+            engine.dispose(close=close)
+        _ENGINES.clear()
+
+
+def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
@@ -115,10 +133,13 @@ def _alembic_config_with_connection(engine: Engine, conn: sa.Connection) -> Any:
 
 @contextmanager
 def write_session(engine: Engine) -> Iterator[Session]:
-    """A session whose transaction holds the store's write lock from its first statement.
+    """A read-write transaction that holds the store's write lock from its first statement, and
+    commits on success.
 
-    On SQLite that is ``BEGIN IMMEDIATE``, so that a read-merge-write of the same rows by two
-    writers cannot interleave; PostgreSQL callers lock rows or keys themselves.
+    On SQLite that is ``BEGIN IMMEDIATE``: a transaction that reads and then writes would otherwise
+    fail with "database is locked" when another writer committed in between (WAL snapshots cannot
+    be upgraded), and two read-merge-writes of the same rows cannot interleave. PostgreSQL callers
+    lock rows or keys themselves.
     """
     with engine.connect() as conn:
         if conn.dialect.name == "sqlite":
@@ -128,13 +149,4 @@ def write_session(engine: Engine) -> Iterator[Session]:
             session.flush()
 
 
-@contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    with Session(engine, expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+session_scope = write_session

@@ -31,7 +31,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        task_default_queue="evalsvc",
+        task_default_queue=settings.queue,
         broker_transport_options={"visibility_timeout": 3600},
     )
     return app
@@ -85,9 +85,9 @@ def _on_ready(**_: Any) -> None:
 @signals.worker_process_init.connect
 def _fresh_engines(**_: Any) -> None:
     # connections must not cross a fork
-    from evalsvc.store.db import get_engine
+    from evalsvc.store.db import dispose_engines
 
-    get_engine.cache_clear()
+    dispose_engines(close=False)
 
 
 @signals.setup_logging.connect

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query, Request
 
 from evalsvc.errors import InvalidInput
 from evalsvc.pipeline.evaluators import apply_evaluators, parse_config, parse_specs
+from evalsvc.store.db import write_session
 from evalsvc.store.queries import EvalPublic, EvaluatorPublic, list_evals, list_evaluator_rows
 
-from ..deps import ProjectDep, SessionDep, SettingsDep
+from ..deps import EngineDep, ProjectDep, SessionDep, SettingsDep
 from .ingest import read_body
 
 router = APIRouter(prefix="/v1", tags=["evals"])
@@ -44,7 +45,7 @@ def evaluators(project: ProjectDep, session: SessionDep, include_inactive: bool 
 
 
 @router.post("/evaluators", summary='Apply an evaluator file (YAML, or JSON {"evaluators": [...]})')
-async def apply(request: Request, project: ProjectDep, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+async def apply(request: Request, project: ProjectDep, engine: EngineDep, settings: SettingsDep) -> dict[str, Any]:
     body = await read_body(request, 1024 * 1024)
     if "json" in request.headers.get("content-type", ""):
         try:
@@ -56,5 +57,6 @@ async def apply(request: Request, project: ProjectDep, session: SessionDep, sett
         specs = parse_specs(data["evaluators"])
     else:
         specs = parse_config(body.decode("utf-8", errors="replace"), source="body")
-    changes = apply_evaluators(session=session, project_id=project.id or 0, specs=specs, settings=settings)
+    with write_session(engine) as session:
+        changes = apply_evaluators(session=session, project_id=project.id or 0, specs=specs, settings=settings)
     return {"changes": [c.as_dict() for c in changes]}

@@ -12,13 +12,13 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import ORJSONResponse
 
 from connectors import get as get_connector
 from evalsvc.errors import InvalidInput, PayloadTooLarge
 from evalsvc.pipeline.ingest import ingest_batch
 
 from ..deps import EngineDep, ProjectDep, RunnerDep, SettingsDep
+from ..responses import JSONBytes
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
@@ -58,7 +58,7 @@ def decode_json(body: bytes, content_type: str) -> Any:
 @router.post("/ingest/{connector}", summary="Ingest a batch of execution records")
 async def ingest(
     connector: str, request: Request, project: ProjectDep, engine: EngineDep, settings: SettingsDep, runner: RunnerDep
-) -> ORJSONResponse:
+) -> JSONBytes:
     conn = get_connector(connector)
     body = await read_body(request, settings.max_body_bytes)
     payload = decode_json(body, request.headers.get("content-type", ""))
@@ -75,4 +75,4 @@ async def ingest(
         runner.submit_scores(report.pending_eval_ids)
     summary = report.summary()
     status = 200 if summary["rejected"] == 0 else 422 if summary["rejected"] == len(report.items) else 207
-    return ORJSONResponse({**summary, "items": [i.as_dict() for i in report.items]}, status_code=status)
+    return JSONBytes({**summary, "items": [i.as_dict() for i in report.items]}, status_code=status)

@@ -6,11 +6,15 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Engine
 
 from evalsvc.pipeline.reviews import decide_review
+from evalsvc.store.db import write_session
+from evalsvc.store.models import Project
 from evalsvc.store.queries import ReviewPublic, list_reviews
+from evalsvc.worker import Runner
 
-from ..deps import ProjectDep, RunnerDep, SessionDep
+from ..deps import EngineDep, ProjectDep, RunnerDep, SessionDep
 
 router = APIRouter(prefix="/v1", tags=["reviews"])
 
@@ -38,21 +42,21 @@ def _decide(
     review_id: int,
     decision: Literal["approved", "rejected"],
     body: Decision | None,
-    project: Any,
-    session: Any,
-    runner: Any,
+    project: Project,
+    engine: Engine,
+    runner: Runner,
 ) -> dict[str, Any]:
     body = body or Decision()
-    item, follow_up = decide_review(
-        session=session,
-        project_id=project.id or 0,
-        review_id=review_id,
-        decision=decision,
-        reviewer=body.reviewer,
-        comment=body.comment,
-        human_passed=body.human_passed,
-    )
-    session.commit()
+    with write_session(engine) as session:
+        item, follow_up = decide_review(
+            session=session,
+            project_id=project.id or 0,
+            review_id=review_id,
+            decision=decision,
+            reviewer=body.reviewer,
+            comment=body.comment,
+            human_passed=body.human_passed,
+        )
     if follow_up is not None:
         runner.submit_actions([follow_up])
     return {"review": item.model_dump(mode="json"), "follow_up_action_id": follow_up}
@@ -60,13 +64,13 @@ def _decide(
 
 @router.post("/reviews/{review_id}/approve")
 def approve(
-    review_id: int, project: ProjectDep, session: SessionDep, runner: RunnerDep, body: Decision | None = None
+    review_id: int, project: ProjectDep, engine: EngineDep, runner: RunnerDep, body: Decision | None = None
 ) -> dict[str, Any]:
-    return _decide(review_id, "approved", body, project, session, runner)
+    return _decide(review_id, "approved", body, project, engine, runner)
 
 
 @router.post("/reviews/{review_id}/reject")
 def reject(
-    review_id: int, project: ProjectDep, session: SessionDep, runner: RunnerDep, body: Decision | None = None
+    review_id: int, project: ProjectDep, engine: EngineDep, runner: RunnerDep, body: Decision | None = None
 ) -> dict[str, Any]:
-    return _decide(review_id, "rejected", body, project, session, runner)
+    return _decide(review_id, "rejected", body, project, engine, runner)
