@@ -11,20 +11,34 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from typer.core import TyperGroup
 
 from evalsvc.errors import EvalServiceError
-from evalsvc.settings import Settings, get_settings
+from evalsvc.settings import Settings
 
 from . import cli_output as out
 
+
+class _Group(TyperGroup):
+    """Turns evalsvc's errors into a one-line message and an exit code (4: your input, 1: ours)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EvalServiceError as exc:
+            err.print(f"[red]error[/red] {exc.message}", highlight=False)
+            raise typer.Exit(4 if 400 <= exc.http_status < 500 else 1) from None
+
+
 app = typer.Typer(
+    cls=_Group,
     help="evalsvc: production evals beside the workflow orchestrator.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -60,7 +74,7 @@ class Ctx:
         from evalsvc.pipeline.projects import ensure_project
         from evalsvc.store.db import get_engine, migrate, session_scope
 
-        self.settings = settings or get_settings()
+        self.settings = settings or Settings()
         self.engine = get_engine(self.settings.resolved_database_url())
         migrate(self.engine)
         with session_scope(self.engine) as session:
@@ -76,12 +90,8 @@ class Ctx:
 def main() -> None:
     from evalsvc.logging import configure_logging
 
-    configure_logging(get_settings(), service=False)
-    try:
-        app()
-    except EvalServiceError as exc:
-        err.print(f"[red]error[/red] {exc.message}", highlight=False)
-        sys.exit(4 if exc.http_status in (400, 404, 409, 413, 422) else 1)
+    configure_logging(Settings(), service=False)
+    app()
 
 
 # ---- ingest -----------------------------------------------------------------------------------
@@ -406,7 +416,7 @@ def serve(
     from evalsvc.api.main import create_app
     from evalsvc.logging import configure_logging
 
-    settings = get_settings()
+    settings = Settings()
     configure_logging(settings, service=True)
     uvicorn.run(
         create_app(settings),
@@ -423,7 +433,7 @@ def worker(
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
 ) -> None:
     """Run Celery workers (needs EVALSVC_BROKER_URL, e.g. redis://127.0.0.1:6379/0)."""
-    settings = get_settings()
+    settings = Settings()
     if not settings.broker_url:
         err.print("[red]error[/red] EVALSVC_BROKER_URL is not set; `evalsvc serve` scores in-process without it")
         raise typer.Exit(4)

@@ -69,7 +69,8 @@ def get_field(step: StepPublic, path: str) -> Any:
 
 
 def as_text(value: Any) -> str:
-    """The text a regex or a containment check looks at: strings as they are, the rest as JSON."""
+    """The text a regex or a containment check looks at: strings as they are, the rest as compact
+    JSON (no spaces: `{"total":3}`)."""
     if value is None:
         return ""
     if isinstance(value, str):

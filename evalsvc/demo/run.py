@@ -24,7 +24,7 @@ from rich.table import Table
 from sqlmodel import Session
 
 from evalsvc.pipeline.evaluators import apply_evaluators, parse_specs
-from evalsvc.settings import get_settings
+from evalsvc.settings import Settings
 from evalsvc.store.models import Action, EvalResult, Evaluator, ReviewItem, Run, Step, table, utcnow
 from evalsvc.store.queries import EvalPublic
 
@@ -49,7 +49,7 @@ def run_demo(*, console: Console, runs: int = 300, seed: int = 7) -> None:
     from evalsvc.worker import drain
 
     t0 = time.perf_counter()
-    base = get_settings()
+    base = Settings()
     secret = (
         base.webhook_secret.get_secret_value()
         if base.webhook_secret

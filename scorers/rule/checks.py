@@ -71,9 +71,12 @@ class JsonSchema(BaseScorer):
     async def score(self, step: StepPublic) -> Score:
         value = get_field(step, self.field)
         if isinstance(value, str):
+            # text holding JSON (what LLMs return) is decoded; other text is judged as a string
             try:
                 value = orjson.loads(value)
             except orjson.JSONDecodeError as exc:
+                if self._validator.is_valid(value):
+                    return _verdict(True)
                 return _verdict(False, f"{self.field} is not JSON: {exc}")
         error = next(iter(self._validator.iter_errors(value)), None)
         if error is None:

@@ -1,0 +1,132 @@
+"""The command line, as a person uses it: on the store that EVALSVC_HOME names."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from evalsvc.cli import app
+
+from .factories import record
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {"EVALSVC_HOME": str(tmp_path / "home"), "EVALSVC_DATABASE_URL": "", "EVALSVC_BROKER_URL": "",
+            "COLUMNS": "200"}  # fmt: skip
+
+
+def run(env: dict[str, str], *args: str, code: int = 0) -> str:
+    result = CliRunner().invoke(app, list(args), env=env)
+    assert result.exit_code == code, (args, result.output, result.exception)
+    return result.output
+
+
+EVALUATORS = """
+evaluators:
+  - name: total_is_number
+    scorer: json_schema
+    target: {step: extract}
+    params: {schema: {type: object, required: [total], properties: {total: {type: number}}}}
+    on_fail: review
+"""
+
+
+def test_apply_ingest_find_and_review(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "evalsvc.yaml").write_text(EVALUATORS)
+    out = run(env, "evaluators", "apply", str(tmp_path / "evalsvc.yaml"))
+    assert "total_is_number" in out and "created" in out
+    assert "json_schema" in run(env, "evaluators", "list")
+
+    lines = [record("r1", "extract", output={"total": "12.50"}), record("r2", "extract"), record("r2", "reply")]
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    out = run(env, "ingest", str(tmp_path / "runs.jsonl"))
+    assert "3 accepted, 0 duplicate, 0 rejected" in out and "1 failed" in out
+    assert "0 accepted, 3 duplicate" in run(env, "ingest", str(tmp_path / "runs.jsonl"))
+
+    out = run(env, "evals", "list", "--failed")
+    assert "total_is_number" in out and "r1" in out and "r2" not in out
+    failed = json.loads(run(env, "evals", "list", "--failed", "--json"))
+    assert [(e["run_key"], e["step_key"], e["attempt"]) for e in failed] == [("r1", "extract", 1)]
+
+    out = run(env, "runs", "show", "r1")
+    assert "FAIL" in out and "total_is_number" in out and "extract" in out
+    detail = json.loads(run(env, "runs", "show", "r1", "--json"))
+    assert detail["steps"][0]["verdicts"][0]["passed"] is False
+    assert "1" in run(env, "runs", "list", "--failed-evaluator", "total_is_number")
+
+    (item,) = json.loads(run(env, "review", "list", "--json"))
+    out = run(env, "review", "approve", str(item["id"]), "-m", "total is fine as text", "--reviewer", "ana", "--passed")
+    assert f"review {item['id']} approved" in out
+    assert "nothing found" in run(env, "review", "list")
+    (done,) = json.loads(run(env, "review", "list", "--status", "all", "--json"))
+    assert (done["status"], done["reviewer"], done["comment"], done["human_passed"]) == (
+        "approved", "ana", "total is fine as text", True)  # fmt: skip
+    assert "already approved" in run(env, "review", "reject", str(item["id"]), code=4)
+    assert "review" in run(env, "actions", "list")
+
+
+def test_ingest_reports_rejected_records_and_exits_1(env: dict[str, str], tmp_path: Path) -> None:
+    body = [record("r1", "a"), {"run_key": "r1"}, record("r1", "b", attempt="two")]
+    (tmp_path / "runs.json").write_text(json.dumps(body))
+    out = run(env, "ingest", str(tmp_path / "runs.json"), code=1)
+    assert "1 accepted, 0 duplicate, 2 rejected" in out
+    assert "record 1: step_key: Field required" in out
+    assert "record 2: attempt:" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [("", "is empty"), ("[{]", "not a valid JSON array"), ('{"a": 1}\nnope\n', "line 2 is not JSON")],
+)
+def test_unreadable_files_are_clear_errors(env: dict[str, str], tmp_path: Path, content: str, fragment: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    result = subprocess.run([sys.executable, "-m", "evalsvc.cli", "ingest", str(path)], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 4, result.stderr
+    assert fragment in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_file_and_unknown_run(env: dict[str, str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["ingest", str(tmp_path / "nope.json")], env=env)
+    assert result.exit_code == 4
+    result = CliRunner().invoke(app, ["runs", "show", "ghost"], env=env)
+    assert result.exit_code == 4
+
+
+def test_keys_create_prints_a_working_key_once(env: dict[str, str]) -> None:
+    from fastapi.testclient import TestClient
+
+    from evalsvc.api.main import create_app
+    from evalsvc.settings import Settings
+
+    out = run(env, "keys", "create", "--project", "acme")
+    key = out.strip().splitlines()[-1]
+    assert key.startswith("esk_")
+    settings = Settings(home=Path(env["EVALSVC_HOME"]))
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/runs", headers={"authorization": f"Bearer {key}"}).status_code == 200
+        run(env, "keys", "revoke", key[:12], "--project", "acme")
+        assert client.get("/v1/runs", headers={"authorization": f"Bearer {key}"}).status_code == 401
+
+
+def test_demo_runs_end_to_end_offline(env: dict[str, str], tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "evalsvc.cli", "demo", "--runs", "60"], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "simulated 60 runs" in out and "0 rejected" in out
+    assert "pass rate per evaluator" in out and "invoice_extraction_schema" in out
+    assert "failed evals" in out and "review queue" in out
+    assert "0 bad signatures" in out and "signed deliveries verified" in out
+    assert "evalsvc runs show inv-" in out
+    # the report's store is the one the other commands read
+    shown = run(env, "evals", "list", "--failed", "--project", "demo", "--json")
+    assert json.loads(shown)
