@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -29,7 +28,7 @@ from . import cli_output as out
 class _Group(TyperGroup):
     """Turns evalsvc's errors into a one-line message and an exit code (4: your input, 1: ours)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer vendors its own click: its Context type is private
         try:
             return super().invoke(ctx)
         except EvalServiceError as exc:

@@ -95,7 +95,9 @@ def test_private_targets_are_refused_unless_allowed(settings: Settings) -> None:
         r = api.post("/v1/evaluators", content=webhook_yaml("http://127.0.0.1:8080/hook"),
                      headers={"content-type": "application/yaml"})  # fmt: skip
         assert r.status_code == 422
-        assert r.json()["field"] == "evaluators.0.on_fail.url" and "EVALSVC_WEBHOOK_ALLOW_PRIVATE" in r.json()["message"]
+        assert (
+            r.json()["field"] == "evaluators.0.on_fail.url" and "EVALSVC_WEBHOOK_ALLOW_PRIVATE" in r.json()["message"]
+        )
 
 
 def test_crash_after_send_redelivers_with_the_same_id(api: Api, settings: Settings) -> None:

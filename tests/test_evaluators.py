@@ -35,7 +35,9 @@ def test_apply_versions_and_lists(api: Api) -> None:
     (old,) = api.get("/v1/evals?evaluator=short_reply").json()
     assert old["evaluator_version"] == v1["short_reply"] and old["passed"] is True
 
-    v2 = V1.replace("0,20", "0,5").replace("  - name: total_is_number", "  - name: total_is_number\n    description: same")
+    v2 = V1.replace("0,20", "0,5").replace(
+        "  - name: total_is_number", "  - name: total_is_number\n    description: same"
+    )
     changes = _changes(api.apply(v2))
     assert changes == {"short_reply": "updated", "total_is_number": "unchanged"}  # a description is no new version
     listed = {e["name"]: e["version"] for e in api.get("/v1/evaluators").json()}
@@ -46,7 +48,9 @@ def test_apply_versions_and_lists(api: Api) -> None:
     api.ingest([record("r2", "reply", output="a short answer")])
     evals = api.get("/v1/evals?evaluator=short_reply").json()
     by_run = {e["run_key"]: e for e in evals}
-    assert by_run["r1"]["evaluator_version"] == v1["short_reply"] and by_run["r1"]["passed"] is True  # old keeps its version
+    assert (
+        by_run["r1"]["evaluator_version"] == v1["short_reply"] and by_run["r1"]["passed"] is True
+    )  # old keeps its version
     assert by_run["r2"]["evaluator_version"] == listed["short_reply"] and by_run["r2"]["passed"] is False
 
     only_one = "evaluators:\n" + V1.split("  - name: short_reply")[0].split("evaluators:\n")[1]
@@ -61,20 +65,37 @@ def test_apply_versions_and_lists(api: Api) -> None:
         ("rules: []", "evaluators", "under the key 'evaluators'"),
         ("evaluators:\n  - {scorer: regex, params: {pattern: a}}", "evaluators.0.name", "Field required"),
         ("evaluators:\n  - {name: a, scorer: nope}", "evaluators.0.scorer", "unknown scorer 'nope'"),
-        ("evaluators:\n  - {name: a, scorer: regex, params: {pattern: '('}}", "evaluators.0.params.pattern",
-         "not a valid regular expression"),
-        ("evaluators:\n  - {name: a, scorer: json_schema, params: {schema: {type: 7}}}", "evaluators.0.params.schema",
-         "not a valid JSON Schema"),
-        ("evaluators:\n  - {name: a, scorer: regex, params: {pattern: a, colour: red}}", "evaluators.0.params.colour",
-         "Extra inputs"),
-        ("evaluators:\n  - {name: a, scorer: not_empty}\n  - {name: a, scorer: not_empty}", "evaluators.1.name",
-         "duplicate"),
-        ("evaluators:\n  - {name: a, scorer: not_empty, on_fail: explode}", "evaluators.0.on_fail.action",
-         "Input should be"),
-        ("evaluators:\n  - {name: a, scorer: not_empty, on_fail: webhook}", "evaluators.0.on_fail",
-         "url is required"),
-        ("evaluators:\n  - {name: a, scorer: not_empty, sample: {rate: 2}}", "evaluators.0.sample.rate",
-         "less than or equal to 1"),
+        (
+            "evaluators:\n  - {name: a, scorer: regex, params: {pattern: '('}}",
+            "evaluators.0.params.pattern",
+            "not a valid regular expression",
+        ),
+        (
+            "evaluators:\n  - {name: a, scorer: json_schema, params: {schema: {type: 7}}}",
+            "evaluators.0.params.schema",
+            "not a valid JSON Schema",
+        ),
+        (
+            "evaluators:\n  - {name: a, scorer: regex, params: {pattern: a, colour: red}}",
+            "evaluators.0.params.colour",
+            "Extra inputs",
+        ),
+        (
+            "evaluators:\n  - {name: a, scorer: not_empty}\n  - {name: a, scorer: not_empty}",
+            "evaluators.1.name",
+            "duplicate",
+        ),
+        (
+            "evaluators:\n  - {name: a, scorer: not_empty, on_fail: explode}",
+            "evaluators.0.on_fail.action",
+            "Input should be",
+        ),
+        ("evaluators:\n  - {name: a, scorer: not_empty, on_fail: webhook}", "evaluators.0.on_fail", "url is required"),
+        (
+            "evaluators:\n  - {name: a, scorer: not_empty, sample: {rate: 2}}",
+            "evaluators.0.sample.rate",
+            "less than or equal to 1",
+        ),
     ],
 )
 def test_bad_evaluator_files_name_the_field(api: Api, text: str, field: str, fragment: str) -> None:
@@ -98,7 +119,9 @@ evaluators:
 """)
     api.ingest([record(f"r{i}", "s") for i in range(200)])
     evals = api.get("/v1/evals?limit=1000").json()
-    sampled = {name: {e["run_key"] for e in evals if e["evaluator"] == name and e["status"] != "skipped"} for name in "abc"}
+    sampled = {
+        name: {e["run_key"] for e in evals if e["evaluator"] == name and e["status"] != "skipped"} for name in "abc"
+    }
     assert 30 < len(sampled["a"]) < 90  # about 60 of 200
     assert sampled["a"] == sampled["b"]  # same rate, same steps
     assert sampled["c"] == set()
