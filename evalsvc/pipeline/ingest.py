@@ -16,6 +16,7 @@ is stored once (the second answer is ``duplicate``)::
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -304,6 +305,24 @@ def _key_of(existing: dict[tuple[int, str, int], dict[str, Any]], step_id: int) 
     return next(k[1] for k, v in existing.items() if v["id"] == step_id)
 
 
+def _lock_runs(*, session: Session, project_id: int, keys: list[tuple[str, str]]) -> None:
+    """PostgreSQL: serialise writers of the same runs on transaction-scoped advisory locks, taken in
+    one sorted order (no deadlock), so two batches cannot both insert a new key. SQLite needs
+    nothing here: ``write_session`` began with ``BEGIN IMMEDIATE``."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    ids = sorted(
+        {int.from_bytes(hashlib.blake2b(f"{project_id}\x1f{s}\x1f{r}".encode(), digest_size=8).digest(), "big",
+                        signed=True) for s, r in keys}
+    )  # fmt: skip
+    session.execute(
+        sa.text(
+            "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest(CAST(:ids AS bigint[])) AS k ORDER BY 1) s"
+        ),
+        {"ids": ids},
+    )
+
+
 def _upsert_runs(
     *, session: Session, project_id: int, records: Sequence[tuple[int, StepRecord]], now: datetime
 ) -> dict[tuple[str, str], _RunInfo]:
@@ -318,6 +337,7 @@ def _upsert_runs(
             info.status = rec.run_status.value
         info.attributes.update(rec.run_attributes)
 
+    _lock_runs(session=session, project_id=project_id, keys=list(infos))
     t = table(Run)
     existing: dict[tuple[str, str], Any] = {}
     for part in chunks(list(infos), 400):
