@@ -12,7 +12,9 @@ from evalsvc.settings import Settings
 
 __all__ = ["configure_logging"]
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName", "color_message",
+}  # fmt: skip
 
 
 class JsonFormatter(logging.Formatter):
