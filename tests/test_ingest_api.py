@@ -189,3 +189,11 @@ def test_gzip_is_not_silently_misread(api: Api) -> None:
     body = gzip.compress(orjson.dumps([record()]))
     r = api.post("/v1/ingest/json", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["field"] == "body"
+
+
+def test_same_run_key_in_two_sources_needs_the_source(api: Api) -> None:
+    api.ingest([record("shared", "a"), record("shared", "a", source="celery")])
+    r = api.get("/v1/runs/shared")
+    assert r.status_code == 409 and r.json()["field"] == "source" and "celery" in r.json()["message"]
+    assert api.get("/v1/runs/shared?source=celery").json()["source"] == "celery"
+    assert api.get("/v1/runs/shared?source=temporal").status_code == 404
