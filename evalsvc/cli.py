@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
-from evalsvc.errors import EvalServiceError
+from evalsvc.errors import EvalServiceError, InvalidInput
 from evalsvc.settings import Settings
 
 from . import cli_output as out
@@ -32,7 +34,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except EvalServiceError as exc:
-            err.print(f"[red]error[/red] {exc.message}", highlight=False)
+            err.print(f"[red]error[/red] {exc.message}", highlight=False, soft_wrap=True)
             raise typer.Exit(4 if 400 <= exc.http_status < 500 else 1) from None
 
 
@@ -59,8 +61,9 @@ for sub, name in (
 ):
     app.add_typer(sub, name=name)
 
-console = Console()
-err = Console(stderr=True)
+# piped output keeps whole lines (tables at 80 columns would cut names for grep)
+console = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project name.", envvar="EVALSVC_PROJECT")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -69,15 +72,17 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 class Ctx:
     """Settings, the migrated store and the project of one CLI command."""
 
-    def __init__(self, project: str, settings: Settings | None = None) -> None:
-        from evalsvc.pipeline.projects import ensure_project
+    def __init__(self, project: str, settings: Settings | None = None, *, create: bool = False) -> None:
+        from evalsvc.pipeline.projects import ensure_project, get_project
         from evalsvc.store.db import get_engine, migrate, session_scope
 
         self.settings = settings or Settings()
         self.engine = get_engine(self.settings.resolved_database_url())
         migrate(self.engine)
         with session_scope(self.engine) as session:
-            self.project_id = ensure_project(session=session, name=project).id or 0
+            # commands that write create the project on first use; the others name a typo
+            lookup = ensure_project if create or project == "default" else get_project
+            self.project_id = lookup(session=session, name=project).id or 0
         self.project = project
 
     def session(self) -> Any:
@@ -105,7 +110,7 @@ def ingest(
     score: Annotated[bool, typer.Option(help="Score what was ingested before returning (in-process runner).")] = True,
 ) -> None:
     """Ingest execution records from a file. Example: `evalsvc ingest runs.jsonl --connector json`."""
-    ctx = Ctx(project)
+    ctx = Ctx(project, create=True)
     report = ingest_file(ctx, file, connector=connector, chunk=chunk)
     out.print_ingest(console, report)
     _after_ingest(ctx, report.pending_eval_ids, score=score)
@@ -172,16 +177,45 @@ def _after_ingest(ctx: Ctx, pending: list[int], *, score: bool) -> None:
 
 
 @app.command()
-def score(project: ProjectOpt = "default") -> None:
-    """Score every pending eval result now and dispatch due actions (also recovers after a crash)."""
-    from evalsvc.worker import drain
+def score(
+    project: ProjectOpt = "default",
+    backfill: Annotated[
+        bool, typer.Option("--backfill", help="Also judge steps stored before their evaluator.")
+    ] = False,
+    rescore: Annotated[bool, typer.Option("--rescore", help="Judge again steps that already have a verdict.")] = False,
+    evaluator: Annotated[list[str] | None, typer.Option(help="Only these evaluators (repeatable).")] = None,
+    since: Annotated[datetime | None, typer.Option(help="Only steps stored or changed since (ISO time).")] = None,
+) -> None:
+    """Score pending eval results now and dispatch due actions (this also recovers after a crash).
+
+    Example: `evalsvc score --backfill --evaluator total_is_number --since 2026-11-01`.
+    """
+    from evalsvc.pipeline.schedule import backfill as schedule_backfill
+    from evalsvc.pipeline.schedule import load_active_evaluators
+    from evalsvc.worker import drain, get_runner
 
     ctx = Ctx(project)
+    if backfill or rescore:
+        with ctx.session() as session:
+            active = load_active_evaluators(session=session, project_id=ctx.project_id)
+            unknown = set(evaluator or []) - {e.name for e in active}
+            if unknown:
+                raise InvalidInput(f"no active evaluator named {', '.join(sorted(unknown))}", field="evaluator")
+            chosen = [e for e in active if not evaluator or e.name in evaluator]
+            ids = schedule_backfill(session=session, project_id=ctx.project_id, evaluators=chosen,
+                                    since=since.replace(tzinfo=since.tzinfo or UTC) if since else None,
+                                    rescore=rescore)  # fmt: skip
+        console.print(f"scheduled {len(ids)} evals on stored steps")
+        if ctx.settings.runner == "celery":
+            get_runner(engine=ctx.engine, settings=ctx.settings).submit_scores(ids)
+            console.print("queued for the Celery workers")
+            return
     result = drain(engine=ctx.engine, settings=ctx.settings)
     s = result.score
+    actions = ", ".join(f"{n} {status}" for status, n in sorted(result.actions.items())) or "none due"
     console.print(
-        f"scored {s.scored} ({s.passed} passed, {s.failed} failed), {s.errors} errors, "
-        f"{s.skipped} skipped; actions: {result.actions or 'none due'}"
+        f"scored {s.scored + s.errors + s.skipped}: {s.passed} passed, {s.failed} failed, {s.errors} errors, "
+        f"{s.skipped} skipped; actions dispatched: {actions}"
     )
 
 
@@ -196,7 +230,7 @@ def evaluators_apply(
     """Store the file's evaluators, versioned. Example: `evalsvc evaluators apply evalsvc.yaml`."""
     from evalsvc.pipeline.evaluators import apply_evaluators, load_config
 
-    ctx = Ctx(project)
+    ctx = Ctx(project, create=True)
     specs = load_config(file)
     with ctx.session() as session:
         changes = apply_evaluators(session=session, project_id=ctx.project_id, specs=specs, settings=ctx.settings)
@@ -383,7 +417,7 @@ def keys_create(project: ProjectOpt = "default", name: str | None = None) -> Non
     """Create an API key for a project and print it once (only its hash is stored)."""
     from evalsvc.pipeline.projects import create_key, get_project
 
-    ctx = Ctx(project)
+    ctx = Ctx(project, create=True)
     with ctx.session() as session:
         row, plaintext = create_key(session=session, project=get_project(session=session, name=project), name=name)
     err.print(f"key {row.prefix}… for project {project!r} (shown once; store it now):")
@@ -393,11 +427,11 @@ def keys_create(project: ProjectOpt = "default", name: str | None = None) -> Non
 @keys_app.command("revoke")
 def keys_revoke(prefix: str, project: ProjectOpt = "default") -> None:
     """Revoke a key by its prefix (the first 12 characters)."""
-    from evalsvc.pipeline.projects import revoke_key
+    from evalsvc.pipeline.projects import get_project, revoke_key
 
     ctx = Ctx(project)
     with ctx.session() as session:
-        revoke_key(session=session, prefix=prefix)
+        revoke_key(session=session, project=get_project(session=session, name=project), prefix=prefix)
     console.print(f"revoked {prefix}")
 
 

@@ -12,14 +12,14 @@ validated when the evaluator is applied), and ``score`` grades one step::
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from evalsvc.schemas import Score, StepPublic
 
-__all__ = ["BaseScorer", "Scorer", "as_text", "get_field"]
+__all__ = ["BaseScorer", "Scorer", "StepPath", "as_text", "check_path", "get_field"]
 
 
 @runtime_checkable
@@ -44,6 +44,18 @@ class BaseScorer(BaseModel):
 
 
 _MISSING = object()
+
+
+def check_path(path: str) -> str:
+    """Validate a dotted step path when the evaluator is applied, not when it first runs."""
+    head = path.partition(".")[0]
+    if head not in StepPublic.model_fields:
+        raise ValueError(f"{head!r} is not a step field; use one of {', '.join(sorted(StepPublic.model_fields))}")
+    return path
+
+
+StepPath = Annotated[str, AfterValidator(check_path)]
+"""A dotted path into a step (``output.total``), checked against the step's fields."""
 
 
 def get_field(step: StepPublic, path: str) -> Any:

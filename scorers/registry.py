@@ -76,7 +76,8 @@ def create(name: str, params: Mapping[str, Any]) -> Scorer:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
-        raise InvalidInput(err["msg"], field=f"params.{loc}" if loc else "params") from None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise InvalidInput(msg, field=f"params.{loc}" if loc else "params") from None
     except (TypeError, ValueError) as exc:
         raise InvalidInput(str(exc), field="params") from None
     return scorer

@@ -65,12 +65,19 @@ def test_other_project_sees_nothing(api: Api, other_api: Api, client: TestClient
 
 
 def test_revoked_key_is_refused(api: Api, client: TestClient) -> None:
-    from evalsvc.pipeline.projects import revoke_key
+    from evalsvc.pipeline.projects import get_project, revoke_key
     from evalsvc.store.db import get_engine, session_scope
 
     assert api.get("/v1/runs").status_code == 200
     engine = get_engine(client.app.state.settings.resolved_database_url())  # type: ignore[attr-defined]
     with session_scope(engine) as session:
-        revoke_key(session=session, prefix=api.key[:12])
+        revoke_key(session=session, project=get_project(session=session, name="default"), prefix=api.key[:12])
     r = api.get("/v1/runs")
     assert r.status_code == 401 and "revoked" in r.json()["message"]
+
+
+def test_unknown_routes_answer_in_the_error_shape(client: TestClient) -> None:
+    r = client.get("/v1/nothing-here")
+    assert r.status_code == 404 and r.json() == {"error": "not_found", "message": "Not Found", "field": None}
+    r = client.delete("/healthz")
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"

@@ -19,7 +19,7 @@ from .factories import record
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     return {"EVALSVC_HOME": str(tmp_path / "home"), "EVALSVC_DATABASE_URL": "", "EVALSVC_BROKER_URL": "",
-            "COLUMNS": "200"}  # fmt: skip
+            "EVALSVC_WEBHOOK_SECRET": ""}  # fmt: skip
 
 
 def run(env: dict[str, str], *args: str, code: int = 0) -> str:
@@ -130,3 +130,35 @@ def test_demo_runs_end_to_end_offline(env: dict[str, str], tmp_path: Path) -> No
     # the report's store is the one the other commands read
     shown = run(env, "evals", "list", "--failed", "--project", "demo", "--json")
     assert json.loads(shown)
+
+
+def test_backfill_judges_steps_stored_before_the_evaluator(env: dict[str, str], tmp_path: Path) -> None:
+    lines = [record("r1", "extract", output={"total": "x"}), record("r2", "extract"), record("r3", "reply")]
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    run(env, "ingest", str(tmp_path / "runs.jsonl"))
+    (tmp_path / "evalsvc.yaml").write_text(EVALUATORS)
+    run(env, "evaluators", "apply", str(tmp_path / "evalsvc.yaml"))
+    assert "nothing found" in run(env, "evals", "list")  # applying judges nothing by itself
+    assert "no active evaluator named nope" in run(env, "score", "--backfill", "--evaluator", "nope", code=4)
+    out = run(env, "score", "--backfill")
+    assert "scheduled 2 evals" in out and "1 passed, 1 failed" in out
+    assert "scheduled 0 evals" in run(env, "score", "--backfill")  # nothing twice
+    assert "scheduled 2 evals" in run(env, "score", "--rescore", "--evaluator", "total_is_number")
+    evals = json.loads(run(env, "evals", "list", "--json"))
+    assert sorted((e["run_key"], e["passed"]) for e in evals) == [("r1", False), ("r2", True)]
+    assert len(json.loads(run(env, "review", "list", "--json"))) == 1  # the re-score did not open a second review
+
+
+def test_read_commands_do_not_invent_projects(env: dict[str, str]) -> None:
+    run(env, "keys", "create", "--project", "acme")
+    out = run(env, "evals", "list", "--project", "acme-typo", code=4)
+    assert "no project named 'acme-typo'" in out and "acme" in out
+    assert "nothing found" in run(env, "runs", "list", "--project", "acme")
+
+
+def test_webhook_evaluators_need_a_signing_secret(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "hook.yaml").write_text(
+        "evaluators:\n  - {name: a, scorer: not_empty, on_fail: {action: webhook, url: 'https://example.com/h'}}\n"
+    )
+    out = run(env, "evaluators", "apply", str(tmp_path / "hook.yaml"), code=4)
+    assert "evaluators.0.on_fail" in out and "EVALSVC_WEBHOOK_SECRET" in out

@@ -96,3 +96,12 @@ def test_registry_lists_builtins_and_rejects_unknown() -> None:
     with pytest.raises(UnknownScorer) as info:
         create("nope", {})
     assert "json_schema" in info.value.message
+
+
+def test_field_paths_are_checked_when_applied() -> None:
+    with pytest.raises(InvalidInput) as info:
+        create("regex", {"pattern": "a", "field": "outptu.total"})
+    assert info.value.field == "params.field" and "'outptu' is not a step field" in info.value.message
+    assert "Value error" not in info.value.message
+    with pytest.raises(InvalidInput):
+        create("equals", {"expected_field": "nope"})

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from evalsvc.errors import EvalServiceError
 from evalsvc.settings import Settings, get_settings
@@ -64,6 +65,12 @@ def create_app(settings: Settings | None = None, *, start_worker: bool = True) -
     async def _service_error(_: Request, exc: EvalServiceError) -> JSONBytes:
         headers = {"Retry-After": "1"} if exc.http_status in (429, 503) else None
         return JSONBytes(exc.as_dict(), status_code=exc.http_status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONBytes:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONBytes({"error": code, "message": str(exc.detail), "field": None}, status_code=exc.status_code,
+                         headers=getattr(exc, "headers", None))  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONBytes:

@@ -57,7 +57,7 @@ def run_demo(*, console: Console, runs: int = 300, seed: int = 7) -> None:
     )
     # the demo's receiver listens on 127.0.0.1, so the demo (only) allows a loopback target
     settings = base.model_copy(update={"webhook_secret": SecretStr(secret), "webhook_allow_private": True})
-    ctx = Ctx(PROJECT, settings=settings)
+    ctx = Ctx(PROJECT, settings=settings, create=True)
     _reset(ctx.engine, ctx.project_id)
     home = settings.home.expanduser().resolve()
     console.print(f"[bold]evalsvc demo[/bold]: store {settings.resolved_database_url()}, project {PROJECT!r} (reset)")

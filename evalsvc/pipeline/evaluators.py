@@ -87,6 +87,9 @@ def apply_evaluators(
 ) -> list[ApplyChange]:
     """Store the definitions as versions; deactivate evaluators missing from ``specs`` when ``prune``."""
     for i, spec in enumerate(specs):
+        if spec.on_fail.action == "webhook" and settings.webhook_secret is None:
+            raise InvalidInput("needs EVALSVC_WEBHOOK_SECRET (whsec_<base64>) to sign its webhooks; set it first",
+                               field=f"evaluators.{i}.on_fail")  # fmt: skip
         if spec.on_fail.action == "webhook" and spec.on_fail.url:
             try:
                 check_url(spec.on_fail.url, allow_private=settings.webhook_allow_private)

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from sqlmodel import Session
 
 from evalsvc.schemas import TERMINAL_STEP_STATUSES, RunStatus, StepRecord, StepStatus, step_status_rank
+from evalsvc.store.db import json_dumps
 from evalsvc.store.models import Run, Step, table, utcnow
 from evalsvc.store.sql import chunks, key_filter
 
@@ -53,6 +54,7 @@ MERGE_FIELDS = (
     "output_tokens",
     "cost_usd",
 )
+_MERGE_SET = frozenset(MERGE_FIELDS)
 _MIN_TS = datetime.min.replace(tzinfo=UTC)
 
 
@@ -123,13 +125,14 @@ def parse_items(
 def _partial(rec: StepRecord) -> dict[str, Any]:
     """The fields this record actually says something about."""
     out: dict[str, Any] = {}
-    for name in MERGE_FIELDS:
-        if name in rec.model_fields_set or name == "status":
-            value = getattr(rec, name)
-            if value is not None:
-                out[name] = value.model_dump(mode="json", exclude_none=True) if name == "error" else value
-    if isinstance(out.get("status"), StepStatus):
-        out["status"] = out["status"].value
+    values = rec.__dict__
+    for name in _MERGE_SET.intersection(rec.model_fields_set):
+        value = values[name]
+        if value is not None:
+            out[name] = value.model_dump(mode="json", exclude_none=True) if name == "error" else value
+    status = rec.status
+    if status is not None:
+        out["status"] = status.value if isinstance(status, StepStatus) else status
     out["attributes"] = dict(rec.attributes)
     return out
 
@@ -178,6 +181,51 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 # ---- the use case -----------------------------------------------------------------------------
 
 _STEP_COLS = ("id", "run_id", "step_key", "attempt", *MERGE_FIELDS, "attributes")
+_STEP_JSON_COLS = frozenset({"input", "output", "expected", "error", "attributes"})
+# the step columns an insert writes, in the order of the rows that _step_row builds
+_STEP_INSERT_COLS = (
+    "project_id",
+    "run_id",
+    "step_key",
+    "attempt",
+    "name",
+    "kind",
+    "status",
+    "started_at",
+    "ended_at",
+    "latency_ms",
+    "input",
+    "output",
+    "expected",
+    "error",
+    "parent_step_key",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "attributes",
+    "created_at",
+    "updated_at",
+)
+_RUN_INSERT_COLS = (
+    "project_id",
+    "source",
+    "run_key",
+    "workflow",
+    "status",
+    "status_from_source",
+    "started_at",
+    "ended_at",
+    "attributes",
+    "created_at",
+    "updated_at",
+)
+_ACTIVE_STEP = frozenset({StepStatus.running.value, StepStatus.scheduled.value})
+_FAILED_STEP = frozenset({StepStatus.failed.value, StepStatus.timed_out.value})
+_CANCELLED_ONLY = frozenset({StepStatus.cancelled.value})
+
+_StepKey = tuple[int, str, int]  # (run id, step key, attempt)
+_NaturalKey = tuple[str, str, str, int]  # (source, run key, step key, attempt)
 
 
 @dataclass(slots=True)
@@ -188,6 +236,7 @@ class _RunInfo:
     status: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     id: int = 0
+    created: bool = False  # inserted by this batch: none of its steps is stored yet
 
 
 def ingest_records(
@@ -206,103 +255,112 @@ def ingest_records(
     if not records:
         return report
     now = utcnow()
-    runs = _upsert_runs(session=session, project_id=project_id, records=records, now=now)
 
-    # merge records of the same key inside the batch first
-    batch: dict[tuple[int, str, int], dict[str, Any]] = {}
-    answers: list[tuple[int, tuple[int, str, int]]] = []
+    # merge records of the same key inside the batch first (a run and its key are one-to-one)
+    batch: dict[_NaturalKey, dict[str, Any]] = {}
+    answers: list[tuple[int, _NaturalKey]] = []
     dup_in_batch: set[int] = set()
     for index, rec in records:
-        key = (runs[(rec.source, rec.run_key)].id, rec.step_key, rec.attempt)
+        nkey = (rec.source, rec.run_key, rec.step_key, rec.attempt)
         part = _partial(rec)
-        if key in batch:
-            merged = merge_step(batch[key], part, step_key=rec.step_key)
-            if _same(merged, batch[key]):
-                dup_in_batch.add(index)
-            batch[key] = merged
+        prev = batch.get(nkey)
+        if prev is None:
+            batch[nkey] = part
         else:
-            batch[key] = part
-        answers.append((index, key))
+            merged = merge_step(prev, part, step_key=rec.step_key)
+            if _same(merged, prev):
+                dup_in_batch.add(index)
+            batch[nkey] = merged
+        answers.append((index, nkey))
 
-    existing = _load_steps(session=session, keys=list(batch))
-    inserts: list[dict[str, Any]] = []
+    runs = _upsert_runs(session=session, project_id=project_id, records=records, now=now, steps=batch)
+
+    # only runs that existed before this batch can have stored steps
+    old_keys: list[_StepKey] = []
+    for nkey in batch:
+        run = runs[(nkey[0], nkey[1])]
+        if not run.created:
+            old_keys.append((run.id, nkey[2], nkey[3]))
+    existing = _load_steps(session=session, keys=old_keys) if old_keys else {}
+
+    inserts: list[tuple[_StepKey, dict[str, Any]]] = []
     updates: list[dict[str, Any]] = []
-    op_of: dict[tuple[int, str, int], Literal["created", "updated"] | None] = {}
-    for key, part in batch.items():
-        old = existing.get(key)
+    update_keys: list[_StepKey] = []
+    op_of: dict[_NaturalKey, Literal["created", "updated"] | None] = {}
+    for nkey, part in batch.items():
+        run = runs[(nkey[0], nkey[1])]
+        key = (run.id, nkey[2], nkey[3])
+        old = existing.get(key) if not run.created else None
         if old is None:
-            row = merge_step({}, part)
-            row["name"] = row["name"] or key[1]
-            row["kind"] = row["kind"] or "step"
-            inserts.append(
-                {
-                    **row,
-                    "project_id": project_id,
-                    "run_id": key[0],
-                    "step_key": key[1],
-                    "attempt": key[2],
-                    "latency_ms": _latency(row),
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-            op_of[key] = "created"
+            inserts.append((key, part))
+            op_of[nkey] = "created"
         else:
             row = merge_step(old, part, step_key=key[1])
             if _same(row, old):
-                op_of[key] = None
+                op_of[nkey] = None
                 continue
             updates.append({**row, "b_id": old["id"], "latency_ms": _latency(row), "updated_at": now})
-            op_of[key] = "updated"
+            update_keys.append(key)
+            op_of[nkey] = "updated"
 
-    step_ids = _write_steps(session=session, inserts=inserts, updates=updates)
-    for index, key in answers:
-        op = op_of[key]
+    # the steps that finished (or changed after finishing) are scheduled, if any evaluator is active
+    terminal = [(key, part) for key, part in inserts if part.get("status") in TERMINAL_STEP_STATUSES]
+    terminal_updates = [
+        (key, row) for key, row in zip(update_keys, updates, strict=True) if row["status"] in TERMINAL_STEP_STATUSES
+    ]
+    if (terminal or terminal_updates) and evaluators is None:
+        evaluators = load_active_evaluators(session=session, project_id=project_id)
+    scheduling = bool(evaluators) and bool(terminal or terminal_updates)
+
+    step_ids = _write_steps(
+        session=session,
+        project_id=project_id,
+        inserts=inserts,
+        updates=updates,
+        now=now,
+        need_ids=scheduling and bool(terminal),
+    )
+    items = report.items
+    for index, nkey in answers:
+        op = op_of[nkey]
         if op is None or index in dup_in_batch:
-            report.items.append(ItemResult(index=index, status="duplicate"))
+            items.append(ItemResult(index=index, status="duplicate"))
         else:
-            report.items.append(ItemResult(index=index, status="accepted", op=op))
+            items.append(ItemResult(index=index, status="accepted", op=op))
 
-    _refresh_runs(session=session, run_ids=sorted({r.id for r in runs.values()}), now=now)
+    # runs created by this batch got their start, end and status with their insert
+    old_run_ids = sorted({r.id for r in runs.values() if not r.created})
+    if old_run_ids:
+        _refresh_runs(session=session, run_ids=old_run_ids, now=now)
 
-    # schedule evaluators for the steps that finished or changed after finishing
+    if not scheduling:
+        return report
     by_id = {r.id: r for r in runs.values()}
     to_score: list[ScheduledStep] = []
-    for row in [*inserts, *updates]:
-        if row["status"] not in TERMINAL_STEP_STATUSES:
-            continue
-        sid = row.get("b_id") or step_ids[(row["run_id"], row["step_key"], row["attempt"])]
-        run = by_id[row.get("run_id") or _run_of(existing, sid)]
-        key_name = row.get("step_key") or _key_of(existing, sid)
-        to_score.append(
-            ScheduledStep(
-                step_id=sid,
-                run_id=run.id,
-                source=run.source,
-                run_key=run.run_key,
-                workflow=run.workflow,
-                step_key=key_name,
-                name=row["name"],
-                kind=row["kind"],
-                status=row["status"],
-                attributes=row["attributes"],
-            )
-        )
-    if to_score:
-        if evaluators is None:
-            evaluators = load_active_evaluators(session=session, project_id=project_id)
-        report.pending_eval_ids = schedule_evals(
-            session=session, project_id=project_id, steps=to_score, evaluators=evaluators
-        )
+    for key, part in terminal:
+        name, kind = part.get("name") or key[1], part.get("kind") or "step"
+        to_score.append(_scheduled(by_id[key[0]], key, step_ids[key], name, kind, part))
+    for key, row in terminal_updates:
+        to_score.append(_scheduled(by_id[key[0]], key, existing[key]["id"], row["name"], row["kind"], row))
+    report.pending_eval_ids = schedule_evals(
+        session=session, project_id=project_id, steps=to_score, evaluators=evaluators or []
+    )
     return report
 
 
-def _run_of(existing: dict[tuple[int, str, int], dict[str, Any]], step_id: int) -> int:
-    return next(k[0] for k, v in existing.items() if v["id"] == step_id)
-
-
-def _key_of(existing: dict[tuple[int, str, int], dict[str, Any]], step_id: int) -> str:
-    return next(k[1] for k, v in existing.items() if v["id"] == step_id)
+def _scheduled(run: _RunInfo, key: _StepKey, step_id: int, name: str, kind: str, row: dict[str, Any]) -> ScheduledStep:
+    return ScheduledStep(
+        step_id=step_id,
+        run_id=run.id,
+        source=run.source,
+        run_key=run.run_key,
+        workflow=run.workflow,
+        step_key=key[1],
+        name=name,
+        kind=kind,
+        status=row["status"],
+        attributes=row.get("attributes") or {},
+    )
 
 
 def _lock_runs(*, session: Session, project_id: int, keys: list[tuple[str, str]]) -> None:
@@ -324,8 +382,15 @@ def _lock_runs(*, session: Session, project_id: int, keys: list[tuple[str, str]]
 
 
 def _upsert_runs(
-    *, session: Session, project_id: int, records: Sequence[tuple[int, StepRecord]], now: datetime
+    *,
+    session: Session,
+    project_id: int,
+    records: Sequence[tuple[int, StepRecord]],
+    now: datetime,
+    steps: dict[_NaturalKey, dict[str, Any]],
 ) -> dict[tuple[str, str], _RunInfo]:
+    """Insert the new runs (with the start, end and status that ``steps``, all of their steps, give
+    them) and update the changed ones; answer every run of the batch by (source, run key)."""
     infos: dict[tuple[str, str], _RunInfo] = {}
     for _, rec in records:
         info = infos.get((rec.source, rec.run_key))
@@ -335,7 +400,8 @@ def _upsert_runs(
             info.workflow = rec.workflow
         if rec.run_status:
             info.status = rec.run_status.value
-        info.attributes.update(rec.run_attributes)
+        if rec.run_attributes:
+            info.attributes.update(rec.run_attributes)
 
     _lock_runs(session=session, project_id=project_id, keys=list(infos))
     t = table(Run)
@@ -347,23 +413,13 @@ def _upsert_runs(
         for row in session.execute(q):
             existing[(row.source, row.run_key)] = row
 
-    new_rows, changed = [], []
+    new_infos: list[_RunInfo] = []
+    changed = []
     for key, info in infos.items():
         old = existing.get(key)
         if old is None:
-            new_rows.append(
-                {
-                    "project_id": project_id,
-                    "source": info.source,
-                    "run_key": info.run_key,
-                    "workflow": info.workflow,
-                    "status": info.status or RunStatus.running.value,
-                    "status_from_source": info.status is not None,
-                    "attributes": info.attributes,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
+            info.created = True
+            new_infos.append(info)
             continue
         info.id = old.id
         attrs = {**(old.attributes or {}), **info.attributes}
@@ -379,9 +435,45 @@ def _upsert_runs(
                     "status_from_source": old.status_from_source or info.status is not None,
                 }
             )
-    if new_rows:
-        ins = sa.insert(t).returning(t.c.id, t.c.source, t.c.run_key)
-        for rid, source, run_key in session.execute(ins, new_rows):
+    if new_infos:
+        aggregates = _run_aggregates(steps, {(i.source, i.run_key) for i in new_infos})
+        _, sqlite = _dbapi(session)
+        ts = _sqlite_ts if sqlite else _pg_ts
+        stamp = ts(now)
+        rows = []
+        for info in new_infos:
+            start, end, derived = aggregates[(info.source, info.run_key)]
+            rows.append(
+                (
+                    project_id,
+                    info.source,
+                    info.run_key,
+                    info.workflow,
+                    info.status or derived,
+                    info.status is not None,
+                    ts(start),
+                    ts(end),
+                    json_dumps(info.attributes),
+                    stamp,
+                    stamp,
+                )
+            )
+        got = _insert_returning(
+            session,
+            t.name,
+            _RUN_INSERT_COLS,
+            rows,
+            json_cols=frozenset({"attributes"}),
+            returning=("source", "run_key"),
+        )
+        if got is None:
+            got = []
+            for part in chunks([(i.source, i.run_key) for i in new_infos], 400):
+                q = sa.select(t.c.id, t.c.source, t.c.run_key).where(
+                    t.c.project_id == project_id, key_filter((t.c.source, t.c.run_key), part)
+                )
+                got.extend(tuple(r) for r in session.execute(q))
+        for rid, source, run_key in got:
             infos[(source, run_key)].id = rid
     if changed:
         stmt = (
@@ -414,19 +506,74 @@ def _load_steps(*, session: Session, keys: list[tuple[int, str, int]]) -> dict[t
 
 
 def _write_steps(
-    *, session: Session, inserts: list[dict[str, Any]], updates: list[dict[str, Any]]
-) -> dict[tuple[int, str, int], int]:
+    *,
+    session: Session,
+    project_id: int,
+    inserts: list[tuple[_StepKey, dict[str, Any]]],
+    updates: list[dict[str, Any]],
+    now: datetime,
+    need_ids: bool,
+) -> dict[_StepKey, int]:
+    """Insert new steps (partial rows: absent fields are NULL, name and kind get their defaults)
+    and update changed ones; with ``need_ids``, answer the ids of the inserted steps by key."""
     t = table(Step)
-    ids: dict[tuple[int, str, int], int] = {}
-    conn = session.connection()
+    ids: dict[_StepKey, int] = {}
     if inserts:
-        ins = sa.insert(t).returning(t.c.id, t.c.run_id, t.c.step_key, t.c.attempt)
-        for sid, run_id, step_key, attempt in conn.execute(ins, inserts):
-            ids[(run_id, step_key, attempt)] = sid
+        _, sqlite = _dbapi(session)
+        ts = _sqlite_ts if sqlite else _pg_ts
+        stamp = ts(now)
+        rows = []
+        for (run_id, step_key, attempt), p in inserts:
+            get = p.get
+            started, ended = get("started_at"), get("ended_at")
+            rows.append(
+                (
+                    project_id,
+                    run_id,
+                    step_key,
+                    attempt,
+                    get("name") or step_key,
+                    get("kind") or "step",
+                    get("status"),
+                    ts(started),
+                    ts(ended),
+                    None if started is None or ended is None else (ended - started).total_seconds() * 1000.0,
+                    _json(get("input")),
+                    _json(get("output")),
+                    _json(get("expected")),
+                    _json(get("error")),
+                    get("parent_step_key"),
+                    get("model"),
+                    get("input_tokens"),
+                    get("output_tokens"),
+                    get("cost_usd"),
+                    json_dumps(get("attributes") or {}),
+                    stamp,
+                    stamp,
+                )
+            )
+        got = _insert_returning(
+            session,
+            t.name,
+            _STEP_INSERT_COLS,
+            rows,
+            json_cols=_STEP_JSON_COLS,
+            returning=("run_id", "step_key", "attempt") if need_ids else None,
+        )
+        if need_ids:
+            if got is None:
+                got = []
+                for part in chunks([key for key, _ in inserts], 300):
+                    q = sa.select(t.c.id, t.c.run_id, t.c.step_key, t.c.attempt).where(
+                        key_filter((t.c.run_id, t.c.step_key, t.c.attempt), part)
+                    )
+                    got.extend(tuple(r) for r in session.execute(q))
+            for sid, run_id, step_key, attempt in got:
+                ids[(run_id, step_key, attempt)] = sid
     if updates:
         cols = [*MERGE_FIELDS, "attributes", "latency_ms", "updated_at"]
         stmt = sa.update(t).where(t.c.id == sa.bindparam("b_id")).values({c: sa.bindparam(c) for c in cols})
-        conn.execute(stmt, updates)
+        session.connection().execute(stmt, updates)
     return ids
 
 
@@ -485,6 +632,128 @@ def _refresh_runs(*, session: Session, run_ids: list[int], now: datetime) -> Non
             )
         )
         session.connection().execute(stmt, updates)
+
+
+def _run_aggregates(
+    steps: dict[_NaturalKey, dict[str, Any]], runs: set[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[datetime | None, datetime | None, str]]:
+    """Start, end and derived status of runs whose every step is in ``steps`` (the runs this batch
+    creates), computed as :func:`_refresh_runs` computes them from the stored steps."""
+    latest: dict[tuple[str, str], dict[str, tuple[int, dict[str, Any]]]] = {}
+    first: dict[tuple[str, str], datetime] = {}
+    for (source, run_key, step_key, attempt), part in steps.items():
+        rkey = (source, run_key)
+        if rkey not in runs:
+            continue
+        started = part.get("started_at")
+        if started is not None:
+            seen = first.get(rkey)
+            if seen is None or started < seen:
+                first[rkey] = started
+        per_step = latest.get(rkey)
+        if per_step is None:
+            per_step = latest[rkey] = {}
+        cur = per_step.get(step_key)
+        if cur is None or attempt > cur[0]:
+            per_step[step_key] = (attempt, part)
+    out: dict[tuple[str, str], tuple[datetime | None, datetime | None, str]] = {}
+    for rkey, per_step in latest.items():
+        statuses: set[Any] = set()
+        end: datetime | None = None
+        for _, part in per_step.values():
+            statuses.add(part.get("status"))
+            ended = part.get("ended_at")
+            if ended is not None and (end is None or ended > end):
+                end = ended
+        out[rkey] = (first.get(rkey), end, _derived_status(statuses))
+    return out
+
+
+def _derived_status(statuses: set[Any]) -> str:
+    if statuses & _ACTIVE_STEP:
+        return RunStatus.running.value
+    if statuses & _FAILED_STEP:
+        return RunStatus.failed.value
+    if statuses == _CANCELLED_ONLY:
+        return RunStatus.cancelled.value
+    return RunStatus.completed.value
+
+
+# ---- bulk writes through the driver -----------------------------------------------------------
+# The hot inserts skip SQLAlchemy's per-value bind processing: values are converted here exactly as
+# the column types would convert them (UTCDateTime, JSON via json_dumps), then executemany'd.
+
+
+def _dbapi(session: Session) -> tuple[Any, bool]:
+    """The DBAPI connection of the session's transaction, and whether it is SQLite."""
+    conn = session.connection()
+    return conn.connection.driver_connection, conn.dialect.name == "sqlite"
+
+
+def _sqlite_ts(value: datetime | None) -> str | None:
+    """A timestamp as UTCDateTime stores it on SQLite: naive UTC text, microseconds."""
+    if value is None:
+        return None
+    offset = value.utcoffset()
+    if offset:
+        value = value - offset
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _pg_ts(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json_dumps(value)
+
+
+def _insert_sql(table_name: str, columns: Sequence[str], json_cols: frozenset[str], sqlite: bool) -> str:
+    if sqlite:
+        marks = ", ".join("?" for _ in columns)
+    else:
+        marks = ", ".join("%s::json" if c in json_cols else "%s" for c in columns)
+    return f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES ({marks})"
+
+
+def _insert_returning(
+    session: Session,
+    table_name: str,
+    columns: Sequence[str],
+    rows: list[tuple[Any, ...]],
+    *,
+    json_cols: frozenset[str],
+    returning: Sequence[str] | None,
+) -> list[tuple[Any, ...]] | None:
+    """executemany the rows; with ``returning``, answer ``(id, *returning)`` of every inserted row,
+    or None when they could not be told apart (the caller then looks them up by key)."""
+    dbapi, sqlite = _dbapi(session)
+    sql = _insert_sql(table_name, columns, json_cols, sqlite)
+    cur = dbapi.cursor()
+    try:
+        if returning is None:
+            cur.executemany(sql, rows)
+            return None
+        cols = ", ".join(("id", *returning))
+        if not sqlite:
+            cur.executemany(f"{sql} RETURNING {cols}", rows, returning=True)
+            out: list[tuple[Any, ...]] = []
+            while True:
+                out.extend(cur.fetchall())
+                if not cur.nextset():
+                    break
+            return out
+        # SQLite: under BEGIN IMMEDIATE no one else writes; a new rowid is normally max(rowid) + 1,
+        # so the rows above the old maximum are ours. If the count differs, SQLite picked rowids
+        # another way, and the caller looks the rows up by key instead.
+        before = cur.execute(f"SELECT max(id) FROM {table_name}").fetchone()[0] or 0
+        cur.executemany(sql, rows)
+        got: list[tuple[Any, ...]] = cur.execute(f"SELECT {cols} FROM {table_name} WHERE id > ?", (before,)).fetchall()
+        return got if len(got) == len(rows) else None
+    finally:
+        cur.close()
 
 
 def _aware(value: datetime) -> datetime:

@@ -28,7 +28,9 @@ def hash_key(key: str) -> str:
 def get_project(*, session: Session, name: str) -> Project:
     project = session.exec(select(Project).where(Project.name == name)).first()
     if project is None:
-        raise NotFound(f"no project named {name!r}", field="project")
+        names = sorted(p.name for p in session.exec(select(Project)).all())
+        known = f"; projects: {', '.join(names)}" if names else "; no project exists yet"
+        raise NotFound(f"no project named {name!r}{known}", field="project")
     return project
 
 
@@ -57,10 +59,12 @@ def create_key(*, session: Session, project: Project, name: str | None = None) -
     return row, plaintext
 
 
-def revoke_key(*, session: Session, prefix: str) -> ApiKey:
-    rows = session.exec(select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))).all()  # type: ignore[union-attr]
+def revoke_key(*, session: Session, project: Project, prefix: str) -> ApiKey:
+    rows = session.exec(
+        select(ApiKey).where(ApiKey.project_id == project.id, ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))  # type: ignore[union-attr]
+    ).all()
     if not rows:
-        raise NotFound(f"no active key with prefix {prefix!r}", field="prefix")
+        raise NotFound(f"no active key with prefix {prefix!r} in project {project.name!r}", field="prefix")
     for row in rows:
         row.revoked_at = utcnow()
         session.add(row)

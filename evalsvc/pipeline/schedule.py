@@ -21,7 +21,15 @@ from evalsvc.schemas import EvalStatus, EvaluatorSpec, Target
 from evalsvc.store.models import EvalResult, Evaluator, table, utcnow
 from evalsvc.store.sql import chunks, dialect_insert
 
-__all__ = ["ActiveEvaluator", "ScheduledStep", "load_active_evaluators", "matches", "sample_draw", "schedule_evals"]
+__all__ = [
+    "ActiveEvaluator",
+    "ScheduledStep",
+    "backfill",
+    "load_active_evaluators",
+    "matches",
+    "sample_draw",
+    "schedule_evals",
+]
 
 NOT_SAMPLED = "not sampled"
 
@@ -85,9 +93,17 @@ def sample_draw(source: str, run_key: str, step_key: str) -> float:
 
 
 def schedule_evals(
-    *, session: Session, project_id: int, steps: list[ScheduledStep], evaluators: list[ActiveEvaluator]
+    *,
+    session: Session,
+    project_id: int,
+    steps: list[ScheduledStep],
+    evaluators: list[ActiveEvaluator],
+    reset: bool = True,
 ) -> list[int]:
-    """Create (or reset) the EvalResult rows of these steps; return the ids left ``pending``."""
+    """Create the EvalResult rows of these steps; return the ids left ``pending``.
+
+    With ``reset`` (a step changed after it finished) existing results are set back to pending;
+    without it (a backfill) existing results are left alone."""
     if not steps or not evaluators:
         return []
     now: datetime = utcnow()
@@ -118,6 +134,12 @@ def schedule_evals(
     t = table(EvalResult)
     for part in chunks(rows, 2000):
         stmt = dialect_insert(session, t)
+        if not reset:
+            stmt = stmt.on_conflict_do_nothing(index_elements=["step_id", "evaluator", "evaluator_version"])
+            for rid, status in session.execute(stmt.returning(t.c.id, t.c.status), list(part)):
+                if status == EvalStatus.pending:
+                    pending.append(rid)
+            continue
         stmt = stmt.on_conflict_do_update(
             index_elements=["step_id", "evaluator", "evaluator_version"],
             set_={
@@ -137,3 +159,47 @@ def schedule_evals(
             if status == EvalStatus.pending:
                 pending.append(rid)
     return pending
+
+
+def backfill(
+    *,
+    session: Session,
+    project_id: int,
+    evaluators: list[ActiveEvaluator],
+    since: datetime | None = None,
+    rescore: bool = False,
+    chunk: int = 5000,
+) -> list[int]:
+    """Schedule evaluators on steps already stored (an evaluator applied after its steps arrived).
+
+    Steps that already have a result of the evaluator's version keep it, unless ``rescore``.
+    Returns the ids of the pending results to score."""
+    from evalsvc.schemas import TERMINAL_STEP_STATUSES
+    from evalsvc.store.models import Run, Step, table
+
+    st, rt = table(Step), table(Run)
+    pending: list[int] = []
+    after = 0
+    while True:
+        q = (
+            sa.select(st.c.id, st.c.run_id, rt.c.source, rt.c.run_key, rt.c.workflow, st.c.step_key, st.c.name,
+                      st.c.kind, st.c.status, st.c.attributes)
+            .join(rt, rt.c.id == st.c.run_id)
+            .where(st.c.project_id == project_id, st.c.id > after,
+                   st.c.status.in_([s.value for s in TERMINAL_STEP_STATUSES]))
+            .order_by(st.c.id)
+            .limit(chunk)
+        )  # fmt: skip
+        if since is not None:
+            q = q.where(st.c.updated_at >= since)
+        rows = session.execute(q).all()
+        if not rows:
+            return pending
+        after = rows[-1].id
+        steps = [
+            ScheduledStep(step_id=r.id, run_id=r.run_id, source=r.source, run_key=r.run_key, workflow=r.workflow,
+                          step_key=r.step_key, name=r.name, kind=r.kind, status=r.status, attributes=r.attributes or {})
+            for r in rows
+        ]  # fmt: skip
+        pending += schedule_evals(session=session, project_id=project_id, steps=steps, evaluators=evaluators,
+                                  reset=rescore)  # fmt: skip

@@ -177,7 +177,9 @@ def get_run(*, session: Session, project_id: int, run_key: str, source: str | No
     """A run with every step attempt, each with its verdicts (failed first), and the actions taken."""
     run = resolve_run(session=session, project_id=project_id, run_key=run_key, source=source)
     steps = session.exec(
-        select(Step).where(Step.run_id == run.id).order_by(col(Step.started_at), col(Step.step_key), col(Step.attempt))
+        select(Step)
+        .where(Step.run_id == run.id)
+        .order_by(col(Step.started_at).asc().nulls_last(), col(Step.step_key), col(Step.attempt))
     ).all()
     results = session.exec(select(EvalResult).where(EvalResult.run_id == run.id)).all()
     actions = session.exec(select(Action).where(Action.run_id == run.id).order_by(col(Action.id))).all()

@@ -27,7 +27,7 @@ from pydantic import Field, field_validator, model_validator
 
 from evalsvc.schemas import Score, StepPublic
 
-from ..base import BaseScorer, as_text, get_field
+from ..base import BaseScorer, StepPath, as_text, get_field
 from ..registry import register
 
 __all__ = ["Contains", "Equals", "JsonSchema", "MaxCostUsd", "MaxLatencyMs", "NotEmpty", "Regex"]
@@ -53,7 +53,7 @@ class JsonSchema(BaseScorer):
 
     name = "json_schema"
     json_schema: dict[str, Any] = Field(alias="schema")
-    field: str = _FIELD
+    field: StepPath = _FIELD
 
     @field_validator("json_schema")
     @classmethod
@@ -93,7 +93,7 @@ class Regex(BaseScorer):
     pattern: str
     must_match: bool = True
     ignore_case: bool = False
-    field: str = _FIELD
+    field: StepPath = _FIELD
 
     @field_validator("pattern")
     @classmethod
@@ -123,7 +123,7 @@ class NotEmpty(BaseScorer):
     """The field is present and not blank (no null, empty or whitespace-only string, [] or {})."""
 
     name = "not_empty"
-    field: str = _FIELD
+    field: StepPath = _FIELD
 
     async def score(self, step: StepPublic) -> Score:
         value = get_field(step, self.field)
@@ -166,9 +166,9 @@ class MaxCostUsd(BaseScorer):
 
 
 class _AgainstExpected(BaseScorer):
-    field: str = _FIELD
+    field: StepPath = _FIELD
     value: Any = Field(default=None, description="A literal to compare with.")
-    expected_field: str | None = Field(default=None, description="Dotted path to the expected value.")
+    expected_field: StepPath | None = Field(default=None, description="Dotted path to the expected value.")
     ignore_case: bool = False
 
     @model_validator(mode="after")
