@@ -92,9 +92,18 @@ class Ctx:
 
 
 def main() -> None:
+    from pydantic import ValidationError
+
     from evalsvc.logging import configure_logging
 
-    configure_logging(Settings(), service=False)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for e in exc.errors(include_url=False):
+            name = "EVALSVC_" + "_".join(str(p) for p in e["loc"]).upper()
+            err.print(f"[red]error[/red] {name}: {e['msg'].removeprefix('Value error, ')}", highlight=False)
+        sys.exit(4)
+    configure_logging(settings, service=False)
     app()
 
 

@@ -162,3 +162,11 @@ def test_webhook_evaluators_need_a_signing_secret(env: dict[str, str], tmp_path:
     )
     out = run(env, "evaluators", "apply", str(tmp_path / "hook.yaml"), code=4)
     assert "evaluators.0.on_fail" in out and "EVALSVC_WEBHOOK_SECRET" in out
+
+
+def test_bad_settings_name_the_variable(tmp_path: Path) -> None:
+    env = {**os.environ, "EVALSVC_HOME": str(tmp_path), "EVALSVC_BROKER_URL": "http://nope"}
+    result = subprocess.run([sys.executable, "-m", "evalsvc.cli", "runs", "list"], env=env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 4
+    assert "EVALSVC_BROKER_URL: must be a redis://" in result.stderr and "Traceback" not in result.stderr

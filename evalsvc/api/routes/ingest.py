@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from connectors import get as get_connector
 from evalsvc.errors import InvalidInput, PayloadTooLarge
-from evalsvc.pipeline.ingest import ingest_batch
+from evalsvc.pipeline.ingest import IngestReport, gc_paused, ingest_batch
 
 from ..deps import EngineDep, ProjectDep, RunnerDep, SettingsDep
 from ..responses import JSONBytes
@@ -61,18 +61,23 @@ async def ingest(
 ) -> JSONBytes:
     conn = get_connector(connector)
     body = await read_body(request, settings.max_body_bytes)
-    payload = decode_json(body, request.headers.get("content-type", ""))
-    items = conn.to_steps(payload)
-    report = await run_in_threadpool(
-        ingest_batch,
-        engine=engine,
-        project_id=project.id or 0,
-        items=items,
-        max_batch_records=settings.max_batch_records,
-        max_record_bytes=settings.max_record_bytes,
-    )
+    content_type = request.headers.get("content-type", "")
+
+    def decode_and_ingest() -> IngestReport:
+        # decoding a large body takes a while too: do it off the event loop, with the batch
+        with gc_paused():
+            items = conn.to_steps(decode_json(body, content_type))
+            return ingest_batch(
+                engine=engine,
+                project_id=project.id or 0,
+                items=items,
+                max_batch_records=settings.max_batch_records,
+                max_record_bytes=settings.max_record_bytes,
+            )
+
+    report = await run_in_threadpool(decode_and_ingest)
     if report.pending_eval_ids:
-        runner.submit_scores(report.pending_eval_ids)
+        await run_in_threadpool(runner.submit_scores, report.pending_eval_ids)  # a broker send may block
     summary = report.summary()
     status = 200 if summary["rejected"] == 0 else 422 if summary["rejected"] == len(report.items) else 207
     return JSONBytes({**summary, "items": [i.as_dict() for i in report.items]}, status_code=status)
