@@ -17,9 +17,11 @@ is stored once (the second answer is ``duplicate``)::
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, Literal
 
 import orjson
@@ -30,11 +32,12 @@ from sqlmodel import Session
 from evalsvc.schemas import TERMINAL_STEP_STATUSES, RunStatus, StepRecord, StepStatus, step_status_rank
 from evalsvc.store.db import json_dumps
 from evalsvc.store.models import Run, Step, table, utcnow
-from evalsvc.store.sql import chunks, key_filter
+from evalsvc.store.sql import chunks
 
+from ._bulk import dbapi, driver_cursor, gc_paused, insert_returning, json_text, key_match, pg_ts, sqlite_ts
 from .schedule import ActiveEvaluator, ScheduledStep, load_active_evaluators, schedule_evals
 
-__all__ = ["IngestReport", "ItemResult", "ingest_batch", "ingest_records", "parse_items"]
+__all__ = ["IngestReport", "ItemResult", "gc_paused", "ingest_batch", "ingest_records", "parse_items"]
 
 ItemStatus = Literal["accepted", "duplicate", "rejected"]
 
@@ -85,7 +88,8 @@ class IngestReport:
         return sum(1 for i in self.items if i.status == status)
 
     def summary(self) -> dict[str, int]:
-        return {s: self.count(s) for s in ("accepted", "duplicate", "rejected")}
+        counts = Counter(i.status for i in self.items)
+        return {s: counts[s] for s in ("accepted", "duplicate", "rejected")}
 
     def extend(self, other: IngestReport) -> None:
         self.items.extend(other.items)
@@ -406,10 +410,10 @@ def _upsert_runs(
     _lock_runs(session=session, project_id=project_id, keys=list(infos))
     t = table(Run)
     existing: dict[tuple[str, str], Any] = {}
-    for part in chunks(list(infos), 400):
+    for part in chunks(_stored_run_keys(session, t.name, project_id, list(infos)), 400):
         q = sa.select(
             t.c.id, t.c.source, t.c.run_key, t.c.workflow, t.c.status, t.c.status_from_source, t.c.attributes
-        ).where(t.c.project_id == project_id, key_filter((t.c.source, t.c.run_key), part))
+        ).where(key_match((t.c.project_id, t.c.source, t.c.run_key), [(project_id, *k) for k in part]))
         for row in session.execute(q):
             existing[(row.source, row.run_key)] = row
 
@@ -437,8 +441,8 @@ def _upsert_runs(
             )
     if new_infos:
         aggregates = _run_aggregates(steps, {(i.source, i.run_key) for i in new_infos})
-        _, sqlite = _dbapi(session)
-        ts = _sqlite_ts if sqlite else _pg_ts
+        _, sqlite = dbapi(session)
+        ts = sqlite_ts if sqlite else pg_ts
         stamp = ts(now)
         rows = []
         for info in new_infos:
@@ -458,7 +462,7 @@ def _upsert_runs(
                     stamp,
                 )
             )
-        got = _insert_returning(
+        got = insert_returning(
             session,
             t.name,
             _RUN_INSERT_COLS,
@@ -470,7 +474,7 @@ def _upsert_runs(
             got = []
             for part in chunks([(i.source, i.run_key) for i in new_infos], 400):
                 q = sa.select(t.c.id, t.c.source, t.c.run_key).where(
-                    t.c.project_id == project_id, key_filter((t.c.source, t.c.run_key), part)
+                    key_match((t.c.project_id, t.c.source, t.c.run_key), [(project_id, *k) for k in part])
                 )
                 got.extend(tuple(r) for r in session.execute(q))
         for rid, source, run_key in got:
@@ -498,7 +502,7 @@ def _load_steps(*, session: Session, keys: list[tuple[int, str, int]]) -> dict[t
     cols = [t.c[name] for name in _STEP_COLS]
     out: dict[tuple[int, str, int], dict[str, Any]] = {}
     for part in chunks(keys, 300):
-        q = sa.select(*cols).where(key_filter((t.c.run_id, t.c.step_key, t.c.attempt), part))
+        q = sa.select(*cols).where(key_match((t.c.run_id, t.c.step_key, t.c.attempt), part))
         for row in session.execute(q):
             m = dict(row._mapping)
             out[(m["run_id"], m["step_key"], m["attempt"])] = m
@@ -519,8 +523,8 @@ def _write_steps(
     t = table(Step)
     ids: dict[_StepKey, int] = {}
     if inserts:
-        _, sqlite = _dbapi(session)
-        ts = _sqlite_ts if sqlite else _pg_ts
+        _, sqlite = dbapi(session)
+        ts = sqlite_ts if sqlite else pg_ts
         stamp = ts(now)
         rows = []
         for (run_id, step_key, attempt), p in inserts:
@@ -538,10 +542,10 @@ def _write_steps(
                     ts(started),
                     ts(ended),
                     None if started is None or ended is None else (ended - started).total_seconds() * 1000.0,
-                    _json(get("input")),
-                    _json(get("output")),
-                    _json(get("expected")),
-                    _json(get("error")),
+                    json_text(get("input")),
+                    json_text(get("output")),
+                    json_text(get("expected")),
+                    json_text(get("error")),
                     get("parent_step_key"),
                     get("model"),
                     get("input_tokens"),
@@ -552,7 +556,7 @@ def _write_steps(
                     stamp,
                 )
             )
-        got = _insert_returning(
+        got = insert_returning(
             session,
             t.name,
             _STEP_INSERT_COLS,
@@ -565,7 +569,7 @@ def _write_steps(
                 got = []
                 for part in chunks([key for key, _ in inserts], 300):
                     q = sa.select(t.c.id, t.c.run_id, t.c.step_key, t.c.attempt).where(
-                        key_filter((t.c.run_id, t.c.step_key, t.c.attempt), part)
+                        key_match((t.c.run_id, t.c.step_key, t.c.attempt), part)
                     )
                     got.extend(tuple(r) for r in session.execute(q))
             for sid, run_id, step_key, attempt in got:
@@ -679,81 +683,37 @@ def _derived_status(statuses: set[Any]) -> str:
     return RunStatus.completed.value
 
 
-# ---- bulk writes through the driver -----------------------------------------------------------
-# The hot inserts skip SQLAlchemy's per-value bind processing: values are converted here exactly as
-# the column types would convert them (UTCDateTime, JSON via json_dumps), then executemany'd.
-
-
-def _dbapi(session: Session) -> tuple[Any, bool]:
-    """The DBAPI connection of the session's transaction, and whether it is SQLite."""
-    conn = session.connection()
-    return conn.connection.driver_connection, conn.dialect.name == "sqlite"
-
-
-def _sqlite_ts(value: datetime | None) -> str | None:
-    """A timestamp as UTCDateTime stores it on SQLite: naive UTC text, microseconds."""
-    if value is None:
-        return None
-    offset = value.utcoffset()
-    if offset:
-        value = value - offset
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-def _pg_ts(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else json_dumps(value)
-
-
-def _insert_sql(table_name: str, columns: Sequence[str], json_cols: frozenset[str], sqlite: bool) -> str:
-    if sqlite:
-        marks = ", ".join("?" for _ in columns)
-    else:
-        marks = ", ".join("%s::json" if c in json_cols else "%s" for c in columns)
-    return f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES ({marks})"
-
-
-def _insert_returning(
-    session: Session,
-    table_name: str,
-    columns: Sequence[str],
-    rows: list[tuple[Any, ...]],
-    *,
-    json_cols: frozenset[str],
-    returning: Sequence[str] | None,
-) -> list[tuple[Any, ...]] | None:
-    """executemany the rows; with ``returning``, answer ``(id, *returning)`` of every inserted row,
-    or None when they could not be told apart (the caller then looks them up by key)."""
-    dbapi, sqlite = _dbapi(session)
-    sql = _insert_sql(table_name, columns, json_cols, sqlite)
-    cur = dbapi.cursor()
-    try:
-        if returning is None:
-            cur.executemany(sql, rows)
-            return None
-        cols = ", ".join(("id", *returning))
-        if not sqlite:
-            cur.executemany(f"{sql} RETURNING {cols}", rows, returning=True)
-            out: list[tuple[Any, ...]] = []
-            while True:
-                out.extend(cur.fetchall())
-                if not cur.nextset():
-                    break
-            return out
-        # SQLite: under BEGIN IMMEDIATE no one else writes; a new rowid is normally max(rowid) + 1,
-        # so the rows above the old maximum are ours. If the count differs, SQLite picked rowids
-        # another way, and the caller looks the rows up by key instead.
-        before = cur.execute(f"SELECT max(id) FROM {table_name}").fetchone()[0] or 0
-        cur.executemany(sql, rows)
-        got: list[tuple[Any, ...]] = cur.execute(f"SELECT {cols} FROM {table_name} WHERE id > ?", (before,)).fetchall()
-        return got if len(got) == len(rows) else None
-    finally:
-        cur.close()
+def _stored_run_keys(
+    session: Session, table_name: str, project_id: int, keys: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Which of these (source, run key) pairs are stored already: one cheap probe through the
+    driver, so that a batch of new runs skips the typed look-up of the stored ones."""
+    _, sqlite = dbapi(session)
+    by_source: dict[str, list[str]] = {}
+    for source, run_key in keys:
+        by_source.setdefault(source, []).append(run_key)
+    found: list[tuple[str, str]] = []
+    with driver_cursor(session) as cur:
+        for source, run_keys in by_source.items():
+            for part in chunks(run_keys, 2000):
+                if sqlite:
+                    sql = (
+                        f"SELECT run_key FROM {table_name} WHERE project_id = ? AND source = ? "
+                        f"AND run_key IN ({', '.join(['?'] * len(part))})"
+                    )
+                    params: tuple[Any, ...] = (project_id, source, *part)
+                else:
+                    # one unique-index search per key, whatever the planner knows of the table (a
+                    # prepared IN list or ANY(array) turns into a filter over all the project's runs
+                    # while the table has no statistics yet)
+                    sql = (
+                        "SELECT r.run_key FROM unnest(%s::varchar[]) AS k(run_key) CROSS JOIN LATERAL "
+                        f"(SELECT run_key FROM {table_name} WHERE project_id = %s AND source = %s "
+                        "AND run_key = k.run_key LIMIT 1) AS r"
+                    )
+                    params = (list(part), project_id, source)
+                found.extend((source, run_key) for (run_key,) in cur.execute(sql, params).fetchall())
+    return found
 
 
 def _aware(value: datetime) -> datetime:
@@ -781,15 +741,17 @@ def ingest_batch(
 
     if len(items) > max_batch_records:
         raise PayloadTooLarge(f"batch has {len(items)} records; the limit is {max_batch_records}", field="records")
-    ready = [(i, it) for i, it in enumerate(items, start=offset) if isinstance(it, StepRecord)]
-    raw = [it for it in items if not isinstance(it, StepRecord)]
-    raw_index = [i for i, it in enumerate(items, start=offset) if not isinstance(it, StepRecord)]
-    good, bad = parse_items(raw, max_record_bytes=max_record_bytes)
-    good = [(raw_index[i], rec) for i, rec in good] + ready
-    for b in bad:
-        b.index = raw_index[b.index]
-    with write_session(engine) as session:
-        report = ingest_records(session=session, project_id=project_id, records=good, evaluators=evaluators)
-    report.items.extend(bad)
-    report.items.sort(key=lambda it: it.index)
+    with gc_paused():
+        ready = [(i, it) for i, it in enumerate(items, start=offset) if isinstance(it, StepRecord)]
+        raw = [it for it in items if not isinstance(it, StepRecord)]
+        raw_index = [i for i, it in enumerate(items, start=offset) if not isinstance(it, StepRecord)]
+        good, bad = parse_items(raw, max_record_bytes=max_record_bytes)
+        good = [(raw_index[i], rec) for i, rec in good] + ready
+        for b in bad:
+            b.index = raw_index[b.index]
+        with write_session(engine) as session:
+            report = ingest_records(session=session, project_id=project_id, records=good, evaluators=evaluators)
+        if bad or ready:  # otherwise the answers are in input order already
+            report.items.extend(bad)
+            report.items.sort(key=attrgetter("index"))
     return report

@@ -8,18 +8,24 @@ evaluators with the same rate judge the same steps.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from evalsvc.schemas import EvalStatus, EvaluatorSpec, Target
-from evalsvc.store.models import EvalResult, Evaluator, table, utcnow
-from evalsvc.store.sql import chunks, dialect_insert
+from evalsvc.store.models import Evaluator, table, utcnow
+from evalsvc.store.sql import chunks
+
+from ._bulk import dbapi, driver_cursor, pg_ts, sqlite_ts
 
 __all__ = [
     "ActiveEvaluator",
@@ -107,58 +113,131 @@ def schedule_evals(
     if not steps or not evaluators:
         return []
     now: datetime = utcnow()
-    rows: list[dict[str, Any]] = []
+    _, sqlite = dbapi(session)
+    stamp = sqlite_ts(now) if sqlite else pg_ts(now)
+    pending_value, skipped_value = EvalStatus.pending.value, EvalStatus.skipped.value
+    selectors = [(ev, _selector(ev.spec.target), ev.spec.sample.rate) for ev in evaluators]
+    attr_keys = sorted({key for ev in evaluators for key in ev.spec.target.attributes})
+    picked: dict[tuple[Any, ...], list[tuple[ActiveEvaluator, float]]] = {}
+    rows: list[tuple[Any, ...]] = []
     for step in steps:
-        draw: float | None = None
-        for ev in evaluators:
-            if not matches(ev.spec.target, step):
-                continue
-            if draw is None:
-                draw = sample_draw(step.source, step.run_key, step.step_key)
-            sampled = draw < ev.spec.sample.rate
-            rows.append(
-                {
-                    "project_id": project_id,
-                    "run_id": step.run_id,
-                    "step_id": step.step_id,
-                    "evaluator_id": ev.id,
-                    "evaluator": ev.name,
-                    "evaluator_version": ev.version,
-                    "status": EvalStatus.pending if sampled else EvalStatus.skipped,
-                    "skip_reason": None if sampled else NOT_SAMPLED,
-                    "cache_hit": False,
-                    "created_at": now,
-                }
-            )
-    pending: list[int] = []
-    t = table(EvalResult)
-    for part in chunks(rows, 2000):
-        stmt = dialect_insert(session, t)
-        if not reset:
-            stmt = stmt.on_conflict_do_nothing(index_elements=["step_id", "evaluator", "evaluator_version"])
-            for rid, status in session.execute(stmt.returning(t.c.id, t.c.status), list(part)):
-                if status == EvalStatus.pending:
-                    pending.append(rid)
+        # steps that agree on everything targets look at get the same evaluators
+        shape: tuple[Any, ...] = (step.source, step.workflow, step.name, step.kind, step.status)
+        if attr_keys:
+            shape += tuple(_attr_text(step.attributes.get(key)) for key in attr_keys)
+        chosen = picked.get(shape)
+        if chosen is None:
+            chosen = picked[shape] = [(ev, rate) for ev, pick, rate in selectors if pick(step)]
+        if not chosen:
             continue
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["step_id", "evaluator", "evaluator_version"],
-            set_={
-                "status": stmt.excluded.status,
-                "skip_reason": stmt.excluded.skip_reason,
-                "value": None,
-                "passed": None,
-                "label": None,
-                "explanation": None,
-                "error": None,
-                "metadata": None,
-                "started_at": None,
-                "ended_at": None,
-            },
-        ).returning(t.c.id, t.c.status)
-        for rid, status in session.execute(stmt, list(part)):
-            if status == EvalStatus.pending:
-                pending.append(rid)
+        draw = sample_draw(step.source, step.run_key, step.step_key)
+        for ev, rate in chosen:
+            sampled = draw < rate
+            rows.append(
+                (
+                    project_id,
+                    step.run_id,
+                    step.step_id,
+                    ev.id,
+                    ev.name,
+                    ev.version,
+                    pending_value if sampled else skipped_value,
+                    None if sampled else NOT_SAMPLED,
+                    False,
+                    stamp,
+                )
+            )
+    if not rows:
+        return []
+    pending: list[int] = []
+    cols = ", ".join(_RESULT_COLS)
+    conflict = _ON_CONFLICT_RESET if reset else "DO NOTHING"
+    with driver_cursor(session) as cur:
+        if sqlite:
+            # one multi-row statement per chunk answers RETURNING (executemany would not)
+            for part in chunks(rows, 2000):
+                values = ", ".join([_SQLITE_ROW] * len(part))
+                sql = (
+                    f"INSERT INTO eval_result ({cols}) VALUES {values} "
+                    f"ON CONFLICT (step_id, evaluator, evaluator_version) {conflict} RETURNING id, status"
+                )
+                for rid, status in cur.execute(sql, [v for row in part for v in row]).fetchall():
+                    if status == pending_value:
+                        pending.append(rid)
+        else:
+            # COPY into a scratch table, then one upsert from it: a statement per row costs more
+            # than the row (the rows are distinct: one per step and evaluator)
+            cur.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS evalsvc_new_result (project_id integer, run_id bigint, "
+                "step_id bigint, evaluator_id integer, evaluator text, evaluator_version text, status text, "
+                "skip_reason text, cache_hit boolean, created_at timestamptz) ON COMMIT DELETE ROWS"
+            )
+            cur.execute("TRUNCATE evalsvc_new_result")
+            with cur.copy(f"COPY evalsvc_new_result ({cols}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(
+                f"INSERT INTO eval_result ({cols}) SELECT {cols} FROM evalsvc_new_result "
+                f"ON CONFLICT (step_id, evaluator, evaluator_version) {conflict} RETURNING id, status"
+            )
+            for rid, status in cur.fetchall():
+                if status == pending_value:
+                    pending.append(rid)
     return pending
+
+
+_RESULT_COLS = (
+    "project_id",
+    "run_id",
+    "step_id",
+    "evaluator_id",
+    "evaluator",
+    "evaluator_version",
+    "status",
+    "skip_reason",
+    "cache_hit",
+    "created_at",
+)
+_SQLITE_ROW = "(" + ", ".join(["?"] * len(_RESULT_COLS)) + ")"
+_ON_CONFLICT_RESET = (
+    "DO UPDATE SET status = excluded.status, skip_reason = excluded.skip_reason, value = NULL, passed = NULL, "
+    "label = NULL, explanation = NULL, error = NULL, metadata = NULL, started_at = NULL, ended_at = NULL"
+)
+
+
+def _selector(target: Target) -> Callable[[ScheduledStep], bool]:
+    """:func:`matches` for one target, with its globs compiled once."""
+    fields = [
+        (attr, _glob_matcher(pattern))
+        for attr, pattern in (
+            ("source", target.source),
+            ("workflow", target.workflow),
+            ("name", target.step),
+            ("kind", target.kind),
+            ("status", target.status),
+        )
+        if pattern is not None
+    ]
+    attrs = [(key, _glob_matcher(pattern)) for key, pattern in target.attributes.items()]
+
+    def pick(step: ScheduledStep) -> bool:
+        for attr, match in fields:
+            value = getattr(step, attr)
+            if value is None or match(value) is None:
+                return False
+        for key, match in attrs:
+            text = _attr_text(step.attributes.get(key))
+            if text is None or match(text) is None:
+                return False
+        return True
+
+    return pick
+
+
+@lru_cache(maxsize=512)
+def _glob_matcher(pattern: str) -> Callable[[str], re.Match[str] | None]:
+    """What :func:`fnmatch.fnmatchcase` does with ``pattern``, compiled."""
+    return re.compile(fnmatch.translate(pattern)).match
 
 
 def backfill(
@@ -175,7 +254,7 @@ def backfill(
     Steps that already have a result of the evaluator's version keep it, unless ``rescore``.
     Returns the ids of the pending results to score."""
     from evalsvc.schemas import TERMINAL_STEP_STATUSES
-    from evalsvc.store.models import Run, Step, table
+    from evalsvc.store.models import Run, Step
 
     st, rt = table(Step), table(Run)
     pending: list[int] = []

@@ -16,20 +16,23 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from evalsvc.errors import EvalServiceError
 from evalsvc.schemas import EvalStatus, EvaluatorSpec, Score, StepPublic
 from evalsvc.store.db import write_session
-from evalsvc.store.models import EvalResult, Evaluator, Run, Step, table, utcnow
+from evalsvc.store.models import EvalResult, Evaluator, Step, table, utcnow
 from evalsvc.store.sql import chunks
 from scorers.base import Scorer
 from scorers.registry import create
 
+from ._bulk import dbapi, driver_cursor, gc_paused, json_text, pg_ts, sqlite_ts
 from .remediate import FailedEval, plan_actions
 
 __all__ = ["ScoreReport", "pending_ids", "score_pending"]
@@ -93,54 +96,119 @@ _STEP_COLS = (
     "cost_usd",
     "attributes",
 )
+_UPDATE_COLS = (
+    "status",
+    "value",
+    "passed",
+    "label",
+    "explanation",
+    "metadata",
+    "error",
+    "skip_reason",
+    "latency_ms",
+    "started_at",
+    "ended_at",
+)
 
 
-def _load(engine: Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
-    e = table(EvalResult)
-    s = table(Step)
-    r = table(Run)
-    v = table(Evaluator)
-    cols = [
-        e.c.id.label("result_id"),
-        e.c.project_id.label("project_id"),
-        e.c.evaluator_id,
-        e.c.evaluator,
-        v.c.scorer,
-        v.c.definition,
-        r.c.source,
-        r.c.run_key,
-        r.c.workflow,
-        *[s.c[c].label(f"s_{c}") for c in _STEP_COLS],
-    ]
-    q = (
-        sa.select(*cols)
-        .select_from(e.join(s, s.c.id == e.c.step_id).join(r, r.c.id == e.c.run_id).join(v, v.c.id == e.c.evaluator_id))
-        .where(e.c.id.in_(list(ids)), e.c.status == EvalStatus.pending.value)
-    )
+@dataclass(slots=True)
+class _Pending:
+    """One pending result with what scoring it needs (steps, runs and evaluators are shared)."""
+
+    result_id: int
+    project_id: int
+    evaluator_id: int
+    evaluator: str
+    key: tuple[int, int]  # (step id, run id)
+    step: dict[str, Any]  # the step's columns
+    run: Any  # the result's run: id, source, run_key, workflow
+    definition: Any
+
+
+def _load(engine: Engine, ids: Sequence[int]) -> list[_Pending]:
+    """The pending results among ``ids``, with their steps, runs and evaluators, each read once."""
+    if not ids:
+        return []
+    s, v = table(Step), table(Evaluator)
     with engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(q)]
+        # plain columns (no type processing): straight through the driver
+        mark = "?" if conn.dialect.name == "sqlite" else "%s"
+        results = conn.exec_driver_sql(
+            "SELECT id, project_id, evaluator_id, evaluator, run_id, step_id FROM eval_result "
+            f"WHERE id IN ({', '.join([mark] * len(ids))}) AND status = {mark} ORDER BY id",
+            (*ids, EvalStatus.pending.value),
+        ).all()
+        if not results:
+            return []
+        steps: dict[int, dict[str, Any]] = {}
+        step_cols = [s.c[c] for c in _STEP_COLS]
+        for part in chunks(sorted({row.step_id for row in results}), 2000):
+            for values in conn.execute(sa.select(*step_cols).where(s.c.id.in_(part))):
+                steps[values[0]] = dict(zip(_STEP_COLS, values, strict=True))
+        runs = {}
+        for part in chunks(sorted({row.run_id for row in results}), 2000):
+            sql = f"SELECT id, source, run_key, workflow FROM run WHERE id IN ({', '.join([mark] * len(part))})"
+            for row in conn.exec_driver_sql(sql, tuple(part)):
+                runs[row.id] = row
+        definitions = {
+            row.id: row.definition
+            for row in conn.execute(
+                sa.select(v.c.id, v.c.definition).where(v.c.id.in_(sorted({row.evaluator_id for row in results})))
+            )
+        }
+    out: list[_Pending] = []
+    for rid, project_id, evaluator_id, evaluator, run_id, step_id in results:
+        step, run = steps.get(step_id), runs.get(run_id)
+        if step is None or run is None or evaluator_id not in definitions:
+            continue  # deleted meanwhile: nothing to score
+        out.append(
+            _Pending(rid, project_id, evaluator_id, evaluator, (step_id, run_id), step, run, definitions[evaluator_id])
+        )
+    return out
 
 
-def _step_public(row: dict[str, Any]) -> StepPublic:
-    data = {c: row[f"s_{c}"] for c in _STEP_COLS}
+def _step_public(step: dict[str, Any], run: Any) -> StepPublic:
+    data = dict(step)
     data["attributes"] = data["attributes"] or {}
-    data.update(source=row["source"], run_key=row["run_key"], workflow=row["workflow"])
+    data.update(source=run.source, run_key=run.run_key, workflow=run.workflow)
     return StepPublic.model_validate(data)
 
 
 async def _run_one(scorer: Scorer, step: StepPublic, sem: asyncio.Semaphore) -> tuple[Score | None, str | None, float]:
     async with sem:
-        t0 = time.perf_counter()
-        try:
-            score = await scorer.score(step)
-            return score, None, (time.perf_counter() - t0) * 1000
-        except Exception as exc:  # a scorer's failure is recorded on its own row
-            return None, f"{type(exc).__name__}: {exc}", (time.perf_counter() - t0) * 1000
+        return await _timed(scorer, step)
+
+
+async def _timed(scorer: Scorer, step: StepPublic) -> tuple[Score | None, str | None, float]:
+    t0 = time.perf_counter()
+    try:
+        score = await scorer.score(step)
+        return score, None, (time.perf_counter() - t0) * 1000
+    except Exception as exc:  # a scorer's failure is recorded on its own row
+        return None, f"{type(exc).__name__}: {exc}", (time.perf_counter() - t0) * 1000
 
 
 async def _run_all(jobs: list[tuple[Scorer, StepPublic]]) -> list[tuple[Score | None, str | None, float]]:
+    """Rule scorers (local, CPU-bound checks) are awaited one after the other: a task each would cost
+    more than the check. The others (LLM judges) run concurrently, at most ``_CONCURRENCY`` at once."""
     sem = asyncio.Semaphore(_CONCURRENCY)
-    return await asyncio.gather(*(_run_one(sc, st, sem) for sc, st in jobs))
+    out: list[tuple[Score | None, str | None, float] | None] = [None] * len(jobs)
+    others: list[int] = []
+    clock = time.perf_counter
+    for i, (scorer, step) in enumerate(jobs):
+        if getattr(scorer, "kind", None) != "rule":
+            others.append(i)
+            continue
+        t0 = clock()
+        try:
+            out[i] = (await scorer.score(step), None, (clock() - t0) * 1000)
+        except Exception as exc:  # a scorer's failure is recorded on its own row
+            out[i] = (None, f"{type(exc).__name__}: {exc}", (clock() - t0) * 1000)
+    if others:
+        done = await asyncio.gather(*(_run_one(jobs[i][0], jobs[i][1], sem) for i in others))
+        for i, result in zip(others, done, strict=True):
+            out[i] = result
+    return [r for r in out if r is not None]
 
 
 def score_pending(*, engine: Engine, ids: Sequence[int]) -> ScoreReport:
@@ -152,62 +220,99 @@ def score_pending(*, engine: Engine, ids: Sequence[int]) -> ScoreReport:
 
 
 def _score_chunk(engine: Engine, ids: Sequence[int]) -> ScoreReport:
-    report = ScoreReport()
+    # the chunk's many objects live until it is stored: no garbage collection meanwhile (it would
+    # walk them all, again and again), except while scorers that are not rules run (LLM judges,
+    # which may wait seconds on the network)
+    with gc_paused():
+        prepared = _prepare(engine, ids)
+        if prepared is None:
+            return ScoreReport()
+        specs, jobs, outcomes, started = prepared
+        if all(getattr(scorer, "kind", None) == "rule" for scorer, _ in jobs):
+            results = asyncio.run(_run_all(jobs)) if jobs else []
+            return _record(engine, specs, outcomes, results, started=started, ended=utcnow())
+    results = asyncio.run(_run_all(jobs))
+    ended = utcnow()
+    with gc_paused():
+        return _record(engine, specs, outcomes, results, started=started, ended=ended)
+
+
+_Outcome = tuple[_Pending, str | int]  # a result and an error message, or the index of its job
+
+
+def _prepare(
+    engine: Engine, ids: Sequence[int]
+) -> tuple[dict[int, EvaluatorSpec], list[tuple[Scorer, StepPublic]], list[_Outcome], datetime] | None:
     rows = _load(engine, ids)
     if not rows:
-        return report
+        return None
     started = utcnow()
     specs: dict[int, EvaluatorSpec] = {}
+    scorers: dict[int, Scorer | Exception] = {}
+    publics: dict[tuple[int, int], StepPublic | Exception] = {}
     jobs: list[tuple[Scorer, StepPublic]] = []
-    outcomes: list[dict[str, Any]] = []
-    import orjson
+    outcomes: list[_Outcome] = []
 
     for row in rows:
-        spec = specs.get(row["evaluator_id"])
+        spec = specs.get(row.evaluator_id)
         if spec is None:
-            spec = specs[row["evaluator_id"]] = EvaluatorSpec.model_validate(row["definition"])
-        try:
-            scorer = _scorer_for(row["evaluator_id"], spec.scorer, orjson.dumps(spec.params).decode())
-            step = _step_public(row)
-        except (EvalServiceError, ValueError) as exc:
-            outcomes.append({"row": row, "error": f"{type(exc).__name__}: {exc}"})
+            spec = specs[row.evaluator_id] = EvaluatorSpec.model_validate(row.definition)
+        scorer = scorers.get(row.evaluator_id)
+        if scorer is None:
+            try:
+                scorer = _scorer_for(row.evaluator_id, spec.scorer, orjson.dumps(spec.params).decode())
+            except (EvalServiceError, ValueError) as exc:
+                scorer = exc
+            scorers[row.evaluator_id] = scorer
+        if isinstance(scorer, Exception):
+            outcomes.append((row, f"{type(scorer).__name__}: {scorer}"))
+            continue
+        step = publics.get(row.key)
+        if step is None:
+            try:
+                step = _step_public(row.step, row.run)
+            except (EvalServiceError, ValueError) as exc:
+                step = exc
+            publics[row.key] = step
+        if isinstance(step, Exception):
+            outcomes.append((row, f"{type(step).__name__}: {step}"))
             continue
         jobs.append((scorer, step))
-        outcomes.append({"row": row, "job": len(jobs) - 1})
+        outcomes.append((row, len(jobs) - 1))
+    return specs, jobs, outcomes, started
 
-    results = asyncio.run(_run_all(jobs)) if jobs else []
-    ended = utcnow()
-    updates: list[dict[str, Any]] = []
+
+def _record(
+    engine: Engine,
+    specs: dict[int, EvaluatorSpec],
+    outcomes: list[_Outcome],
+    results: list[tuple[Score | None, str | None, float]],
+    *,
+    started: datetime,
+    ended: datetime,
+) -> ScoreReport:
+    report = ScoreReport()
+    updates: list[tuple[Any, ...]] = []
     failures: list[FailedEval] = []
-    for out in outcomes:
-        row = out["row"]
-        spec = specs[row["evaluator_id"]]
-        upd: dict[str, Any] = {
-            "b_id": row["result_id"],
-            "value": None,
-            "passed": None,
-            "label": None,
-            "explanation": None,
-            "metadata": None,
-            "error": None,
-            "skip_reason": None,
-            "latency_ms": None,
-            "started_at": started,
-            "ended_at": ended,
-        }
-        if "error" in out:
-            upd.update(status=EvalStatus.error.value, error=out["error"])
+    error_status, skipped_status, completed_status = (
+        EvalStatus.error.value,
+        EvalStatus.skipped.value,
+        EvalStatus.completed.value,
+    )
+    for row, out in outcomes:
+        spec = specs[row.evaluator_id]
+        # (status, value, passed, label, explanation, metadata, error, skip_reason, latency_ms)
+        if isinstance(out, str):
+            upd: tuple[Any, ...] = (error_status, None, None, None, None, None, out, None, None)
             report.errors += 1
         else:
-            score, error, latency = results[out["job"]]
-            upd["latency_ms"] = latency
+            score, error, latency = results[out]
             if score is None:
-                upd.update(status=EvalStatus.error.value, error=error)
+                upd = (error_status, None, None, None, None, None, error, None, latency)
                 report.errors += 1
             elif score.value is None and score.passed is None:
-                upd.update(
-                    status=EvalStatus.skipped.value, skip_reason=score.explanation or "scorer had nothing to judge"
-                )
+                reason = score.explanation or "scorer had nothing to judge"
+                upd = (skipped_status, None, None, None, None, None, None, reason, latency)
                 report.skipped += 1
             else:
                 passed = (
@@ -215,13 +320,17 @@ def _score_chunk(engine: Engine, ids: Sequence[int]) -> ScoreReport:
                     if score.passed is not None
                     else bool(score.value is not None and score.value >= spec.threshold)
                 )
-                upd.update(
-                    status=EvalStatus.completed.value,
-                    value=score.value,
-                    passed=passed,
-                    label=score.label,
-                    explanation=score.explanation,
-                    metadata=score.metadata or None,
+                metadata = score.metadata or None
+                upd = (
+                    completed_status,
+                    score.value,
+                    passed,
+                    score.label,
+                    score.explanation,
+                    metadata,
+                    None,
+                    None,
+                    latency,
                 )
                 report.scored += 1
                 if passed:
@@ -231,39 +340,39 @@ def _score_chunk(engine: Engine, ids: Sequence[int]) -> ScoreReport:
                     if spec.on_fail.action != "none":
                         failures.append(
                             FailedEval(
-                                result_id=row["result_id"],
-                                project_id=row["project_id"],
-                                run_id=row["s_run_id"],
-                                step_id=row["s_id"],
-                                source=row["source"],
-                                evaluator=row["evaluator"],
+                                result_id=row.result_id,
+                                project_id=row.project_id,
+                                run_id=row.step["run_id"],
+                                step_id=row.step["id"],
+                                source=row.run.source,
+                                evaluator=row.evaluator,
                                 on_fail=spec.on_fail,
                             )
                         )
-        updates.append(upd)
+        updates.append((*upd, row.result_id))
 
-    e = table(EvalResult)
-    cols = [
-        "status",
-        "value",
-        "passed",
-        "label",
-        "explanation",
-        "metadata",
-        "error",
-        "skip_reason",
-        "latency_ms",
-        "started_at",
-        "ended_at",
-    ]
-    stmt = (
-        sa.update(e)
-        .where(e.c.id == sa.bindparam("b_id"), e.c.status == EvalStatus.pending.value)
-        .values({c: sa.bindparam(c) for c in cols})
-    )
     with write_session(engine) as session:
-        session.connection().execute(stmt, updates)
+        _store_verdicts(session, updates, started=started, ended=ended)
         if failures:
             report.action_ids = plan_actions(session=session, failures=failures)
     logger.debug("scored %d results", len(updates), extra={"failed": report.failed, "errors": report.errors})
     return report
+
+
+def _store_verdicts(session: Any, updates: list[tuple[Any, ...]], *, started: datetime, ended: datetime) -> None:
+    """``UPDATE ... WHERE id = ? AND status = 'pending'`` of each verdict, through the driver: a
+    result that someone else scored meanwhile keeps that verdict."""
+    _, sqlite = dbapi(session)
+    ts = sqlite_ts if sqlite else pg_ts
+    pending = EvalStatus.pending.value
+    start, end = ts(started), ts(ended)
+    # (status, value, passed, label, explanation, metadata, error, skip_reason, latency_ms, id);
+    # metadata is JSON
+    rows = [(*u[:5], json_text(u[5]), *u[6:9], start, end, u[9]) for u in updates]
+    with driver_cursor(session) as cur:
+        mark = "?" if sqlite else "%s"
+        sets = ", ".join(
+            f"{c} = {mark}::json" if c == "metadata" and not sqlite else f"{c} = {mark}" for c in _UPDATE_COLS
+        )
+        # by primary key, row by row: a plan that does not depend on what the planner knows
+        cur.executemany(f"UPDATE eval_result SET {sets} WHERE id = {mark} AND status = '{pending}'", rows)

@@ -17,7 +17,9 @@ pipeline stores as ``skipped`` with that explanation::
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import cached_property
+from numbers import Number
 from typing import Any
 
 import orjson
@@ -47,6 +49,125 @@ def _skip(why: str) -> Score:
 _FIELD = Field(default="output", description="Dotted path into the step, e.g. `output.total`.")
 
 
+_ANNOTATIONS = frozenset({"title", "description", "$comment", "examples", "default", "deprecated"})
+_QUICK_TYPES: dict[str, Callable[[Any], bool]] = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "null": lambda v: v is None,
+    "boolean": lambda v: isinstance(v, bool),
+    # stricter than JSON Schema (1.0 is an integer, Decimal a number): those go to jsonschema
+    "integer": lambda v: type(v) is int,
+    "number": lambda v: type(v) is int or type(v) is float,
+}
+_BOUNDS: dict[str, Callable[[Any, Any], bool]] = {
+    "minimum": lambda v, b: v >= b,
+    "maximum": lambda v, b: v <= b,
+    "exclusiveMinimum": lambda v, b: v > b,
+    "exclusiveMaximum": lambda v, b: v < b,
+}
+
+
+def _quick_check(schema: Any) -> Callable[[Any], bool] | None:
+    """A fast check for schemas made of the common keywords (type, required, properties, string
+    lengths, pattern, numeric bounds), or None for any other schema.
+
+    It answers True only for instances that jsonschema would accept (it applies each keyword as
+    jsonschema does, and is stricter where it is unsure); False means "ask jsonschema", which
+    also words the error. Valid outputs, the common case, then skip jsonschema's slow walk."""
+    if schema is True:
+        return _always
+    if not isinstance(schema, dict):
+        return None
+    checks: list[Callable[[Any], bool]] = []
+    for key, arg in schema.items():
+        if key in _ANNOTATIONS:
+            continue
+        check = _quick_keyword(key, arg)
+        if check is None:
+            return None
+        checks.append(check)
+
+    def valid(value: Any) -> bool:
+        return all(check(value) for check in checks)
+
+    return valid
+
+
+def _always(value: Any) -> bool:
+    return True
+
+
+def _quick_keyword(key: str, arg: Any) -> Callable[[Any], bool] | None:
+    """One keyword of :func:`_quick_check`, applied as jsonschema applies it, or None."""
+    if key == "type":
+        names = [arg] if isinstance(arg, str) else arg
+        if not isinstance(names, list) or not names or not all(n in _QUICK_TYPES for n in names):
+            return None
+        tests = [_QUICK_TYPES[n] for n in names]
+
+        def of_type(v: Any) -> bool:
+            return any(t(v) for t in tests)
+
+        return of_type
+    if key == "required":
+        if not isinstance(arg, list) or not all(isinstance(k, str) for k in arg):
+            return None
+        wanted = tuple(arg)
+
+        def required(v: Any) -> bool:
+            return not isinstance(v, dict) or all(k in v for k in wanted)
+
+        return required
+    if key == "properties":
+        if not isinstance(arg, dict):
+            return None
+        subs: list[tuple[str, Callable[[Any], bool]]] = []
+        for name, sub in arg.items():
+            sub_check = _quick_check(sub)
+            if sub_check is None:
+                return None
+            subs.append((name, sub_check))
+
+        def properties(v: Any) -> bool:
+            return not isinstance(v, dict) or all(c(v[k]) for k, c in subs if k in v)
+
+        return properties
+    if key in ("minLength", "maxLength"):
+        if type(arg) is not int:
+            return None
+        bound, at_least = arg, key == "minLength"
+
+        def length(v: Any) -> bool:
+            if not isinstance(v, str):
+                return True
+            return len(v) >= bound if at_least else len(v) <= bound
+
+        return length
+    if key == "pattern":
+        if not isinstance(arg, str):
+            return None
+        search = re.compile(arg).search  # jsonschema: re.search(pattern, instance)
+
+        def pattern(v: Any) -> bool:
+            return not isinstance(v, str) or search(v) is not None
+
+        return pattern
+    if key in _BOUNDS:
+        if type(arg) not in (int, float):
+            return None
+        within, limit = _BOUNDS[key], arg
+
+        def bounded(v: Any) -> bool:
+            if type(v) in (int, float):
+                return within(v, limit)
+            # booleans and non-numbers are not numbers to jsonschema either; other numbers: ask it
+            return isinstance(v, bool) or not isinstance(v, Number)
+
+        return bounded
+    return None
+
+
 @register
 class JsonSchema(BaseScorer):
     """The field (JSON, or a string holding JSON) is valid against a JSON Schema (2020-12)."""
@@ -68,6 +189,10 @@ class JsonSchema(BaseScorer):
     def _validator(self) -> Draft202012Validator:
         return Draft202012Validator(self.json_schema)
 
+    @cached_property
+    def _quick(self) -> Callable[[Any], bool] | None:
+        return _quick_check(self.json_schema)
+
     async def score(self, step: StepPublic) -> Score:
         value = get_field(step, self.field)
         if isinstance(value, str):
@@ -78,6 +203,9 @@ class JsonSchema(BaseScorer):
                 if self._validator.is_valid(value):
                     return _verdict(True)
                 return _verdict(False, f"{self.field} is not JSON: {exc}")
+        quick = self._quick
+        if quick is not None and quick(value):
+            return _verdict(True)
         error = next(iter(self._validator.iter_errors(value)), None)
         if error is None:
             return _verdict(True)

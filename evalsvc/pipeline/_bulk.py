@@ -1,0 +1,173 @@
+"""Bulk statements through the DBAPI driver, for the hot paths of ingest and scoring.
+
+SQLAlchemy's per-value bind processing costs more than the insert itself on batches of thousands of
+rows; here values are converted as the column types would convert them (``UTCDateTime``, ``JSON``
+through :func:`evalsvc.store.db.json_dumps`) and sent with ``executemany``, inside the session's or
+connection's own transaction.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from evalsvc.store.db import json_dumps
+
+__all__ = [
+    "dbapi",
+    "driver_cursor",
+    "gc_paused",
+    "insert_returning",
+    "insert_sql",
+    "json_text",
+    "key_match",
+    "pg_ts",
+    "sqlite_ts",
+]
+
+
+def dbapi(session: Session) -> tuple[Any, bool]:
+    """The DBAPI connection of the session's transaction, and whether it is SQLite."""
+    conn = session.connection()
+    return conn.connection.driver_connection, conn.dialect.name == "sqlite"
+
+
+@contextmanager
+def driver_cursor(session: Session) -> Iterator[Any]:
+    """A cursor on the DBAPI connection of the session's transaction, whose errors are raised as
+    SQLAlchemy's (``OperationalError``, ``IntegrityError``, ...), as they would be from statements
+    sent through SQLAlchemy: callers such as the Celery tasks retry on those types."""
+    conn = session.connection()
+    base_error = conn.dialect.loaded_dbapi.Error
+    driver: Any = conn.connection.driver_connection
+    cur = driver.cursor()
+    try:
+        yield cur
+    except base_error as exc:
+        raise sa.exc.DBAPIError.instance(None, None, exc, base_error, dialect=conn.dialect) from exc
+    finally:
+        cur.close()
+
+
+def key_match(columns: Sequence[Any], keys: Sequence[tuple[Any, ...]]) -> Any:
+    """``(a = ? AND b = ?) OR ...`` over a unique key's columns: SQLite answers it with one index
+    search per key, where it scans the whole index for ``(a, b) IN ((?, ?), ...)``. Keep ``keys``
+    to a few hundred (SQLite's expression depth)."""
+    return sa.or_(*(sa.and_(*(c == v for c, v in zip(columns, key, strict=True))) for key in keys))
+
+
+def sqlite_ts(value: datetime | None) -> str | None:
+    """A timestamp as UTCDateTime stores it on SQLite: naive UTC text, microseconds."""
+    if value is None:
+        return None
+    # "YYYY-MM-DD HH:MM:SS.ffffff", then the offset of an aware value
+    text = value.isoformat(" ", "microseconds")
+    if len(text) == 26:
+        return text
+    if text.endswith("+00:00"):
+        return text[:26]
+    offset = value.utcoffset()
+    return (value - offset if offset else value).isoformat(" ", "microseconds")[:26]
+
+
+def pg_ts(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def json_text(value: Any) -> str | None:
+    return None if value is None else json_dumps(value)
+
+
+def insert_sql(table_name: str, columns: Sequence[str], json_cols: frozenset[str], sqlite: bool) -> str:
+    if sqlite:
+        marks = ", ".join("?" for _ in columns)
+    else:
+        marks = ", ".join("%s::json" if c in json_cols else "%s" for c in columns)
+    return f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES ({marks})"
+
+
+def insert_returning(
+    session: Session,
+    table_name: str,
+    columns: Sequence[str],
+    rows: list[tuple[Any, ...]],
+    *,
+    json_cols: frozenset[str],
+    returning: Sequence[str] | None,
+) -> list[tuple[Any, ...]] | None:
+    """executemany the rows; with ``returning``, answer ``(id, *returning)`` of every inserted row,
+    or None when they could not be told apart (the caller then looks them up by key)."""
+    _, sqlite = dbapi(session)
+    sql = insert_sql(table_name, columns, json_cols, sqlite)
+    with driver_cursor(session) as cur:
+        if returning is None:
+            if sqlite:
+                cur.executemany(sql, rows)
+            else:  # COPY: the fastest way in, when no ids are wanted back
+                with cur.copy(f"COPY {table_name} ({', '.join(columns)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            return None
+        cols = ", ".join(("id", *returning))
+        if not sqlite:
+            # COPY into a scratch table shaped like the target, then one INSERT ... SELECT that
+            # answers RETURNING: a statement per row costs more than the row
+            names = ", ".join(columns)
+            scratch = f"evalsvc_copy_{table_name}"
+            cur.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {scratch} ON COMMIT DELETE ROWS AS "
+                f"SELECT {names} FROM {table_name} WITH NO DATA"
+            )
+            cur.execute(f"TRUNCATE {scratch}")
+            with cur.copy(f"COPY {scratch} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(f"INSERT INTO {table_name} ({names}) SELECT {names} FROM {scratch} RETURNING {cols}")
+            out: list[tuple[Any, ...]] = cur.fetchall()
+            return out
+        # SQLite: under BEGIN IMMEDIATE no one else writes; a new rowid is normally max(rowid) + 1,
+        # so the rows above the old maximum are ours. If the count differs, SQLite picked rowids
+        # another way, and the caller looks the rows up by key instead.
+        before = cur.execute(f"SELECT max(id) FROM {table_name}").fetchone()[0] or 0
+        cur.executemany(sql, rows)
+        got: list[tuple[Any, ...]] = cur.execute(f"SELECT {cols} FROM {table_name} WHERE id > ?", (before,)).fetchall()
+        return got if len(got) == len(rows) else None
+
+
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_paused_by_us = False
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a batch is decoded, validated and stored, or a
+    chunk of results is loaded, judged by rule scorers and stored.
+
+    A batch creates a few hundred thousand container objects that all live until it is stored, so
+    the collector's allocation counts keep triggering full collections that walk every one of them
+    (about a third of the ingest time); reference counting still frees them when the batch ends.
+    Nested and concurrent pauses share one count: collection resumes when the last one ends, and
+    is left off if it was off before the first."""
+    global _gc_pausers, _gc_paused_by_us
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_paused_by_us = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_paused_by_us:
+                gc.enable()
