@@ -197,3 +197,13 @@ def test_same_run_key_in_two_sources_needs_the_source(api: Api) -> None:
     assert r.status_code == 409 and r.json()["field"] == "source" and "celery" in r.json()["message"]
     assert api.get("/v1/runs/shared?source=celery").json()["source"] == "celery"
     assert api.get("/v1/runs/shared?source=temporal").status_code == 404
+
+
+@pytest.mark.parametrize("value", [42, 3.5, True, "text", None, [1, 2], {"a": 1}, "42"])
+def test_any_json_value_round_trips_and_is_scored(api: Api, value: Any) -> None:
+    api.apply("evaluators:\n  - {name: not_blank, scorer: not_empty}\n")
+    api.ingest([record("r1", "a", output=value, input=value, expected=value)])
+    (step,) = _steps(api, "r1")
+    assert (step["output"], step["input"], step["expected"]) == (value, value, value)
+    (ev,) = api.get("/v1/evals").json()
+    assert ev["status"] == "completed" and ev["passed"] is (value not in (None, [], "")), ev

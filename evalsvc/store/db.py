@@ -35,6 +35,14 @@ def json_dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+def json_loads(value: Any) -> Any:
+    """Read a JSON column. SQLite gives a column declared ``JSON`` numeric affinity, so a bare JSON
+    number comes back as a number, not as its text."""
+    if isinstance(value, int | float):
+        return value
+    return orjson.loads(value)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -73,7 +81,7 @@ def _make_engine(url: str) -> Engine:
         engine = sa.create_engine(
             url,
             json_serializer=json_dumps,
-            json_deserializer=orjson.loads,
+            json_deserializer=json_loads,
             connect_args={"check_same_thread": False, "timeout": 30},
         )
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -92,10 +100,13 @@ def _make_engine(url: str) -> Engine:
     return sa.create_engine(
         url,
         json_serializer=json_dumps,
-        json_deserializer=orjson.loads,
+        json_deserializer=json_loads,
         pool_pre_ping=True,
         pool_size=5,
         max_overflow=10,
+        # no server-side prepared statements: their generic plans scan young tables that have no
+        # statistics yet (measured: seconds per ingest batch until autovacuum analyses them)
+        connect_args={"prepare_threshold": None},
     )
 
 
