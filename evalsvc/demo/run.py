@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from datetime import timedelta
 from importlib.resources import files
-from pathlib import Path
 
 import sqlalchemy as sa
 import yaml
@@ -165,7 +164,3 @@ def _failed_table(console: Console, failed: list[EvalPublic]) -> None:
     for e in failed[:12]:
         t.add_row(e.evaluator, e.run_key, e.step_name, str(e.attempt), (e.explanation or "")[:60])
     console.print(t)
-
-
-def demo_path() -> Path:
-    return Path(str(files("evalsvc.demo").joinpath("evalsvc.yaml")))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
@@ -27,8 +26,3 @@ def dialect_insert(session: Session, table: Any) -> Any:
 def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def key_filter(columns: Sequence[Any], keys: Sequence[tuple[Any, ...]]) -> Any:
-    """``(a, b) IN ((..), ..)`` over the given columns."""
-    return sa.tuple_(*columns).in_(list(keys))
