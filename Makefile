@@ -26,7 +26,9 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@# pytest exits 5 when it collected no test: that is a failure here, said plainly
+	$(BIN)/python -m pytest $(PYTEST_ARGS); code=$$?; \
+	  if [ $$code -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$code
 
 docs: $(STAMP)
 	$(BIN)/python -m evalsvc.settings > docs/configuration.md
