@@ -3,7 +3,9 @@ restarted service picks up what a dead one left pending."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar, Literal
 
 from fastapi.testclient import TestClient
 
@@ -11,6 +13,7 @@ from evalsvc.api.main import create_app
 from evalsvc.pipeline.evaluators import apply_evaluators, parse_config
 from evalsvc.pipeline.ingest import ingest_batch
 from evalsvc.pipeline.projects import ensure_project
+from evalsvc.pipeline.score import score_pending
 from evalsvc.schemas import Score, StepPublic
 from evalsvc.settings import Settings
 from evalsvc.store.db import get_engine, migrate, session_scope
@@ -90,3 +93,34 @@ def test_verdicts_link_to_run_step_and_attempt(api: Api) -> None:
     assert failed["links"]["run"] == "/v1/runs/r1?source=json"
     assert api.get(failed["links"]["run"]).status_code == 200
     assert [r["run_key"] for r in api.get("/v1/runs?failed_evaluator=is_obj").json()] == ["r1"]
+
+
+@register
+class SlowJudge(BaseScorer):
+    """Stands in for an LLM judge: slow, and counts its calls."""
+
+    name: ClassVar[str] = "test_slow_judge"
+    kind: ClassVar[Literal["rule", "statistical", "llm"]] = "llm"
+    calls: ClassVar[int] = 0
+
+    async def score(self, step: StepPublic) -> Score:
+        type(self).calls += 1
+        await asyncio.sleep(0.3)
+        return Score(value=0.9)
+
+
+def test_two_workers_given_the_same_ids_judge_each_step_once(settings: Settings) -> None:
+    engine = get_engine(settings.resolved_database_url())
+    migrate(engine)
+    with session_scope(engine) as session:
+        project_id = ensure_project(session=session, name="default").id or 0
+        specs = parse_config("evaluators:\n  - {name: judge, scorer: test_slow_judge}\n")
+        apply_evaluators(session=session, project_id=project_id, specs=specs, settings=settings)
+    report = ingest_batch(engine=engine, project_id=project_id, items=[record(f"r{i}", "a") for i in range(10)],
+                          max_batch_records=100, max_record_bytes=10_000)  # fmt: skip
+    ids = report.pending_eval_ids
+    SlowJudge.calls = 0
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = list(pool.map(lambda _: score_pending(engine=engine, ids=ids), range(2)))
+    assert SlowJudge.calls == 10
+    assert sum(r.scored for r in reports) == 10

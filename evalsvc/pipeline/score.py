@@ -2,7 +2,9 @@
 
 The database is the source of truth: a task carries result ids only, re-reads the rows, skips
 what is no longer ``pending``, and writes each verdict with ``WHERE status = 'pending'``, so a task
-that runs twice writes once. A scorer that raises is recorded as ``error`` on its own row, never as
+that runs twice writes once; before scoring, a worker claims its rows (``started_at``), so a
+re-sent task does not run the scorers again nor pay a judge twice (a dead worker's claim expires
+after ``CLAIM_SECONDS``). A scorer that raises is recorded as ``error`` on its own row, never as
 a pass or a fail. No transaction is held while scorers run (an LLM judge may take seconds)::
 
     >>> from evalsvc.pipeline.score import score_pending  # doctest: +SKIP
@@ -16,7 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -125,21 +127,40 @@ class _Pending:
     definition: Any
 
 
+CLAIM_SECONDS = 600.0
+"""A result claimed by a scorer that died is claimed again after this long."""
+
+
+def _claim(engine: Engine, ids: Sequence[int]) -> list[Any]:
+    """Claim the pending results among ``ids`` (stamp ``started_at``) so that two workers given
+    the same ids (a re-sent task, a sweep) do not both run the scorers and pay a judge twice."""
+    e = table(EvalResult)
+    now = utcnow()
+    stmt = (
+        sa.update(e)
+        .where(
+            e.c.id.in_(list(ids)),
+            e.c.status == EvalStatus.pending.value,
+            sa.or_(e.c.started_at.is_(None), e.c.started_at < now - timedelta(seconds=CLAIM_SECONDS)),
+        )
+        .values(started_at=now)
+        .returning(e.c.id, e.c.project_id, e.c.evaluator_id, e.c.evaluator, e.c.run_id, e.c.step_id)
+    )
+    with write_session(engine) as session:
+        return sorted(session.execute(stmt).all())
+
+
 def _load(engine: Engine, ids: Sequence[int]) -> list[_Pending]:
     """The pending results among ``ids``, with their steps, runs and evaluators, each read once."""
     if not ids:
         return []
     s, v = table(Step), table(Evaluator)
+    results = _claim(engine, ids)
+    if not results:
+        return []
     with engine.connect() as conn:
         # plain columns (no type processing): straight through the driver
         mark = "?" if conn.dialect.name == "sqlite" else "%s"
-        results = conn.exec_driver_sql(
-            "SELECT id, project_id, evaluator_id, evaluator, run_id, step_id FROM eval_result "
-            f"WHERE id IN ({', '.join([mark] * len(ids))}) AND status = {mark} ORDER BY id",
-            (*ids, EvalStatus.pending.value),
-        ).all()
-        if not results:
-            return []
         steps: dict[int, dict[str, Any]] = {}
         step_cols = [s.c[c] for c in _STEP_COLS]
         for part in chunks(sorted({row.step_id for row in results}), 2000):
