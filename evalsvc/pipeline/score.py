@@ -76,28 +76,8 @@ def pending_ids(*, engine: Engine, limit: int, after_id: int = 0) -> list[int]:
         return [r[0] for r in conn.execute(q)]
 
 
-_STEP_COLS = (
-    "id",
-    "run_id",
-    "step_key",
-    "attempt",
-    "name",
-    "kind",
-    "status",
-    "started_at",
-    "ended_at",
-    "latency_ms",
-    "input",
-    "output",
-    "expected",
-    "error",
-    "parent_step_key",
-    "model",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "attributes",
-)
+# the step's own columns that a scorer sees (StepPublic less the run's fields)
+_STEP_COLS = tuple(f for f in StepPublic.model_fields if f not in ("source", "run_key", "workflow"))
 _UPDATE_COLS = (
     "status",
     "value",
