@@ -37,7 +37,7 @@ from evalsvc.store.sql import chunks
 from ._bulk import dbapi, driver_cursor, gc_paused, insert_returning, json_text, key_match, pg_ts, sqlite_ts
 from .schedule import ActiveEvaluator, ScheduledStep, load_active_evaluators, schedule_evals
 
-__all__ = ["IngestReport", "ItemResult", "gc_paused", "ingest_batch", "ingest_records", "parse_items"]
+__all__ = ["IngestReport", "ItemResult", "ingest_batch", "ingest_records", "parse_items"]
 
 ItemStatus = Literal["accepted", "duplicate", "rejected"]
 
@@ -186,31 +186,10 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 _STEP_COLS = ("id", "run_id", "step_key", "attempt", *MERGE_FIELDS, "attributes")
 _STEP_JSON_COLS = frozenset({"input", "output", "expected", "error", "attributes"})
-# the step columns an insert writes, in the order of the rows that _step_row builds
+# the step columns an insert writes, in the order of the rows that _write_steps builds
 _STEP_INSERT_COLS = (
-    "project_id",
-    "run_id",
-    "step_key",
-    "attempt",
-    "name",
-    "kind",
-    "status",
-    "started_at",
-    "ended_at",
-    "latency_ms",
-    "input",
-    "output",
-    "expected",
-    "error",
-    "parent_step_key",
-    "model",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "attributes",
-    "created_at",
-    "updated_at",
-)
+    "project_id", "run_id", "step_key", "attempt", *MERGE_FIELDS, "latency_ms", "attributes", "created_at", "updated_at",
+)  # fmt: skip
 _RUN_INSERT_COLS = (
     "project_id",
     "source",
@@ -541,7 +520,6 @@ def _write_steps(
                     get("status"),
                     ts(started),
                     ts(ended),
-                    None if started is None or ended is None else (ended - started).total_seconds() * 1000.0,
                     json_text(get("input")),
                     json_text(get("output")),
                     json_text(get("expected")),
@@ -551,6 +529,7 @@ def _write_steps(
                     get("input_tokens"),
                     get("output_tokens"),
                     get("cost_usd"),
+                    None if started is None or ended is None else (ended - started).total_seconds() * 1000.0,
                     json_dumps(get("attributes") or {}),
                     stamp,
                     stamp,

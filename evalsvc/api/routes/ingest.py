@@ -15,7 +15,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from connectors import get as get_connector
 from evalsvc.errors import InvalidInput, PayloadTooLarge
-from evalsvc.pipeline.ingest import IngestReport, gc_paused, ingest_batch
+from evalsvc.pipeline._bulk import gc_paused
+from evalsvc.pipeline.ingest import IngestReport, ingest_batch
 
 from ..deps import EngineDep, ProjectDep, RunnerDep, SettingsDep
 from ..responses import JSONBytes
