@@ -16,7 +16,6 @@ is stored once (the second answer is ``duplicate``)::
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,12 +28,13 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from evalsvc.schemas import TERMINAL_STEP_STATUSES, RunStatus, StepRecord, StepStatus, step_status_rank
+from evalsvc.schemas import TERMINAL_STEP_STATUSES, StepRecord, StepStatus, step_status_rank
 from evalsvc.store.db import json_dumps
-from evalsvc.store.models import Run, Step, table, utcnow
+from evalsvc.store.models import Step, table, utcnow
 from evalsvc.store.sql import chunks
 
-from ._bulk import dbapi, driver_cursor, gc_paused, insert_returning, json_text, key_match, pg_ts, sqlite_ts
+from ._bulk import dbapi, gc_paused, insert_returning, json_text, key_match, pg_ts, sqlite_ts
+from .runs import NaturalKey, RunInfo, refresh_runs, upsert_runs
 from .schedule import ActiveEvaluator, ScheduledStep, load_active_evaluators, schedule_evals
 
 __all__ = ["IngestReport", "ItemResult", "ingest_batch", "ingest_records", "parse_items"]
@@ -190,36 +190,7 @@ _STEP_JSON_COLS = frozenset({"input", "output", "expected", "error", "attributes
 _STEP_INSERT_COLS = (
     "project_id", "run_id", "step_key", "attempt", *MERGE_FIELDS, "latency_ms", "attributes", "created_at", "updated_at",
 )  # fmt: skip
-_RUN_INSERT_COLS = (
-    "project_id",
-    "source",
-    "run_key",
-    "workflow",
-    "status",
-    "status_from_source",
-    "started_at",
-    "ended_at",
-    "attributes",
-    "created_at",
-    "updated_at",
-)
-_ACTIVE_STEP = frozenset({StepStatus.running.value, StepStatus.scheduled.value})
-_FAILED_STEP = frozenset({StepStatus.failed.value, StepStatus.timed_out.value})
-_CANCELLED_ONLY = frozenset({StepStatus.cancelled.value})
-
 _StepKey = tuple[int, str, int]  # (run id, step key, attempt)
-_NaturalKey = tuple[str, str, str, int]  # (source, run key, step key, attempt)
-
-
-@dataclass(slots=True)
-class _RunInfo:
-    source: str
-    run_key: str
-    workflow: str | None = None
-    status: str | None = None
-    attributes: dict[str, Any] = field(default_factory=dict)
-    id: int = 0
-    created: bool = False  # inserted by this batch: none of its steps is stored yet
 
 
 def ingest_records(
@@ -240,8 +211,8 @@ def ingest_records(
     now = utcnow()
 
     # merge records of the same key inside the batch first (a run and its key are one-to-one)
-    batch: dict[_NaturalKey, dict[str, Any]] = {}
-    answers: list[tuple[int, _NaturalKey]] = []
+    batch: dict[NaturalKey, dict[str, Any]] = {}
+    answers: list[tuple[int, NaturalKey]] = []
     dup_in_batch: set[int] = set()
     for index, rec in records:
         nkey = (rec.source, rec.run_key, rec.step_key, rec.attempt)
@@ -256,7 +227,7 @@ def ingest_records(
             batch[nkey] = merged
         answers.append((index, nkey))
 
-    runs = _upsert_runs(session=session, project_id=project_id, records=records, now=now, steps=batch)
+    runs = upsert_runs(session=session, project_id=project_id, records=records, now=now, steps=batch)
 
     # only runs that existed before this batch can have stored steps
     old_keys: list[_StepKey] = []
@@ -269,7 +240,7 @@ def ingest_records(
     inserts: list[tuple[_StepKey, dict[str, Any]]] = []
     updates: list[dict[str, Any]] = []
     update_keys: list[_StepKey] = []
-    op_of: dict[_NaturalKey, Literal["created", "updated"] | None] = {}
+    op_of: dict[NaturalKey, Literal["created", "updated"] | None] = {}
     for nkey, part in batch.items():
         run = runs[(nkey[0], nkey[1])]
         key = (run.id, nkey[2], nkey[3])
@@ -314,7 +285,7 @@ def ingest_records(
     # runs created by this batch got their start, end and status with their insert
     old_run_ids = sorted({r.id for r in runs.values() if not r.created})
     if old_run_ids:
-        _refresh_runs(session=session, run_ids=old_run_ids, now=now)
+        refresh_runs(session=session, run_ids=old_run_ids, now=now)
 
     if not scheduling:
         return report
@@ -331,7 +302,7 @@ def ingest_records(
     return report
 
 
-def _scheduled(run: _RunInfo, key: _StepKey, step_id: int, name: str, kind: str, row: dict[str, Any]) -> ScheduledStep:
+def _scheduled(run: RunInfo, key: _StepKey, step_id: int, name: str, kind: str, row: dict[str, Any]) -> ScheduledStep:
     return ScheduledStep(
         step_id=step_id,
         run_id=run.id,
@@ -344,136 +315,6 @@ def _scheduled(run: _RunInfo, key: _StepKey, step_id: int, name: str, kind: str,
         status=row["status"],
         attributes=row.get("attributes") or {},
     )
-
-
-def _lock_runs(*, session: Session, project_id: int, keys: list[tuple[str, str]]) -> None:
-    """PostgreSQL: serialise writers of the same runs on transaction-scoped advisory locks, taken in
-    one sorted order (no deadlock), so two batches cannot both insert a new key. SQLite needs
-    nothing here: ``write_session`` began with ``BEGIN IMMEDIATE``."""
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    ids = sorted(
-        {int.from_bytes(hashlib.blake2b(f"{project_id}\x1f{s}\x1f{r}".encode(), digest_size=8).digest(), "big",
-                        signed=True) for s, r in keys}
-    )  # fmt: skip
-    session.execute(
-        sa.text(
-            "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest(CAST(:ids AS bigint[])) AS k ORDER BY 1) s"
-        ),
-        {"ids": ids},
-    )
-
-
-def _upsert_runs(
-    *,
-    session: Session,
-    project_id: int,
-    records: Sequence[tuple[int, StepRecord]],
-    now: datetime,
-    steps: dict[_NaturalKey, dict[str, Any]],
-) -> dict[tuple[str, str], _RunInfo]:
-    """Insert the new runs (with the start, end and status that ``steps``, all of their steps, give
-    them) and update the changed ones; answer every run of the batch by (source, run key)."""
-    infos: dict[tuple[str, str], _RunInfo] = {}
-    for _, rec in records:
-        info = infos.get((rec.source, rec.run_key))
-        if info is None:
-            info = infos[(rec.source, rec.run_key)] = _RunInfo(source=rec.source, run_key=rec.run_key)
-        if rec.workflow:
-            info.workflow = rec.workflow
-        if rec.run_status:
-            info.status = rec.run_status.value
-        if rec.run_attributes:
-            info.attributes.update(rec.run_attributes)
-
-    _lock_runs(session=session, project_id=project_id, keys=list(infos))
-    t = table(Run)
-    existing: dict[tuple[str, str], Any] = {}
-    for part in chunks(_stored_run_keys(session, t.name, project_id, list(infos)), 400):
-        q = sa.select(
-            t.c.id, t.c.source, t.c.run_key, t.c.workflow, t.c.status, t.c.status_from_source, t.c.attributes
-        ).where(key_match((t.c.project_id, t.c.source, t.c.run_key), [(project_id, *k) for k in part]))
-        for row in session.execute(q):
-            existing[(row.source, row.run_key)] = row
-
-    new_infos: list[_RunInfo] = []
-    changed = []
-    for key, info in infos.items():
-        old = existing.get(key)
-        if old is None:
-            info.created = True
-            new_infos.append(info)
-            continue
-        info.id = old.id
-        attrs = {**(old.attributes or {}), **info.attributes}
-        workflow = info.workflow or old.workflow
-        status = info.status or old.status
-        if attrs != (old.attributes or {}) or workflow != old.workflow or (info.status and info.status != old.status):
-            changed.append(
-                {
-                    "b_id": old.id,
-                    "workflow": workflow,
-                    "attributes": attrs,
-                    "status": status,
-                    "status_from_source": old.status_from_source or info.status is not None,
-                }
-            )
-    if new_infos:
-        aggregates = _run_aggregates(steps, {(i.source, i.run_key) for i in new_infos})
-        _, sqlite = dbapi(session)
-        ts = sqlite_ts if sqlite else pg_ts
-        stamp = ts(now)
-        rows = []
-        for info in new_infos:
-            start, end, derived = aggregates[(info.source, info.run_key)]
-            rows.append(
-                (
-                    project_id,
-                    info.source,
-                    info.run_key,
-                    info.workflow,
-                    info.status or derived,
-                    info.status is not None,
-                    ts(start),
-                    ts(end),
-                    json_dumps(info.attributes),
-                    stamp,
-                    stamp,
-                )
-            )
-        got = insert_returning(
-            session,
-            t.name,
-            _RUN_INSERT_COLS,
-            rows,
-            json_cols=frozenset({"attributes"}),
-            returning=("source", "run_key"),
-        )
-        if got is None:
-            got = []
-            for part in chunks([(i.source, i.run_key) for i in new_infos], 400):
-                q = sa.select(t.c.id, t.c.source, t.c.run_key).where(
-                    key_match((t.c.project_id, t.c.source, t.c.run_key), [(project_id, *k) for k in part])
-                )
-                got.extend(tuple(r) for r in session.execute(q))
-        for rid, source, run_key in got:
-            infos[(source, run_key)].id = rid
-    if changed:
-        stmt = (
-            sa.update(t)
-            .where(t.c.id == sa.bindparam("b_id"))
-            .values(
-                workflow=sa.bindparam("workflow"),
-                attributes=sa.bindparam("attributes"),
-                status=sa.bindparam("status"),
-                status_from_source=sa.bindparam("status_from_source"),
-            )
-        )
-        session.connection().execute(stmt, changed)
-    for key, info in infos.items():
-        if not info.workflow and key in existing:
-            info.workflow = existing[key].workflow
-    return infos
 
 
 def _load_steps(*, session: Session, keys: list[tuple[int, str, int]]) -> dict[tuple[int, str, int], dict[str, Any]]:
@@ -558,147 +399,6 @@ def _write_steps(
         stmt = sa.update(t).where(t.c.id == sa.bindparam("b_id")).values({c: sa.bindparam(c) for c in cols})
         session.connection().execute(stmt, updates)
     return ids
-
-
-def _refresh_runs(*, session: Session, run_ids: list[int], now: datetime) -> None:
-    """Recompute each touched run's start, end and (unless the source said) status from its steps."""
-    t = table(Step)
-    r = table(Run)
-    updates: list[dict[str, Any]] = []
-    for part in chunks(run_ids, 500):
-        latest = (
-            sa.select(t.c.run_id, t.c.step_key, sa.func.max(t.c.attempt).label("attempt"))
-            .where(t.c.run_id.in_(part))
-            .group_by(t.c.run_id, t.c.step_key)
-            .subquery()
-        )
-        q = sa.select(t.c.run_id, t.c.status, t.c.started_at, t.c.ended_at).join(
-            latest,
-            sa.and_(t.c.run_id == latest.c.run_id, t.c.step_key == latest.c.step_key, t.c.attempt == latest.c.attempt),
-        )
-        agg: dict[int, dict[str, Any]] = {}
-        for run_id, status, started, ended in session.execute(q):
-            a = agg.setdefault(run_id, {"statuses": set(), "start": None, "end": None})
-            a["statuses"].add(status)
-            if started and (a["start"] is None or started < a["start"]):
-                a["start"] = started
-            if ended and (a["end"] is None or ended > a["end"]):
-                a["end"] = ended
-        # earliest start over all attempts, not just the latest
-        for run_id, first in session.execute(
-            sa.select(t.c.run_id, sa.func.min(t.c.started_at)).where(t.c.run_id.in_(part)).group_by(t.c.run_id)
-        ):
-            if first is not None and run_id in agg:
-                agg[run_id]["start"] = _aware(first)
-        for run_id, a in agg.items():
-            statuses = a["statuses"]
-            if statuses & {StepStatus.running.value, StepStatus.scheduled.value}:
-                derived = RunStatus.running.value
-            elif statuses & {StepStatus.failed.value, StepStatus.timed_out.value}:
-                derived = RunStatus.failed.value
-            elif statuses == {StepStatus.cancelled.value}:
-                derived = RunStatus.cancelled.value
-            else:
-                derived = RunStatus.completed.value
-            updates.append(
-                {"b_id": run_id, "started_at": a["start"], "ended_at": a["end"], "derived": derived, "updated_at": now}
-            )
-    if updates:
-        stmt = (
-            sa.update(r)
-            .where(r.c.id == sa.bindparam("b_id"))
-            .values(
-                started_at=sa.bindparam("started_at"),
-                ended_at=sa.bindparam("ended_at"),
-                updated_at=sa.bindparam("updated_at"),
-                status=sa.case((r.c.status_from_source == sa.true(), r.c.status), else_=sa.bindparam("derived")),
-            )
-        )
-        session.connection().execute(stmt, updates)
-
-
-def _run_aggregates(
-    steps: dict[_NaturalKey, dict[str, Any]], runs: set[tuple[str, str]]
-) -> dict[tuple[str, str], tuple[datetime | None, datetime | None, str]]:
-    """Start, end and derived status of runs whose every step is in ``steps`` (the runs this batch
-    creates), computed as :func:`_refresh_runs` computes them from the stored steps."""
-    latest: dict[tuple[str, str], dict[str, tuple[int, dict[str, Any]]]] = {}
-    first: dict[tuple[str, str], datetime] = {}
-    for (source, run_key, step_key, attempt), part in steps.items():
-        rkey = (source, run_key)
-        if rkey not in runs:
-            continue
-        started = part.get("started_at")
-        if started is not None:
-            seen = first.get(rkey)
-            if seen is None or started < seen:
-                first[rkey] = started
-        per_step = latest.get(rkey)
-        if per_step is None:
-            per_step = latest[rkey] = {}
-        cur = per_step.get(step_key)
-        if cur is None or attempt > cur[0]:
-            per_step[step_key] = (attempt, part)
-    out: dict[tuple[str, str], tuple[datetime | None, datetime | None, str]] = {}
-    for rkey, per_step in latest.items():
-        statuses: set[Any] = set()
-        end: datetime | None = None
-        for _, part in per_step.values():
-            statuses.add(part.get("status"))
-            ended = part.get("ended_at")
-            if ended is not None and (end is None or ended > end):
-                end = ended
-        out[rkey] = (first.get(rkey), end, _derived_status(statuses))
-    return out
-
-
-def _derived_status(statuses: set[Any]) -> str:
-    if statuses & _ACTIVE_STEP:
-        return RunStatus.running.value
-    if statuses & _FAILED_STEP:
-        return RunStatus.failed.value
-    if statuses == _CANCELLED_ONLY:
-        return RunStatus.cancelled.value
-    return RunStatus.completed.value
-
-
-def _stored_run_keys(
-    session: Session, table_name: str, project_id: int, keys: list[tuple[str, str]]
-) -> list[tuple[str, str]]:
-    """Which of these (source, run key) pairs are stored already: one cheap probe through the
-    driver, so that a batch of new runs skips the typed look-up of the stored ones."""
-    _, sqlite = dbapi(session)
-    by_source: dict[str, list[str]] = {}
-    for source, run_key in keys:
-        by_source.setdefault(source, []).append(run_key)
-    found: list[tuple[str, str]] = []
-    with driver_cursor(session) as cur:
-        for source, run_keys in by_source.items():
-            for part in chunks(run_keys, 2000):
-                if sqlite:
-                    sql = (
-                        f"SELECT run_key FROM {table_name} WHERE project_id = ? AND source = ? "
-                        f"AND run_key IN ({', '.join(['?'] * len(part))})"
-                    )
-                    params: tuple[Any, ...] = (project_id, source, *part)
-                else:
-                    # one unique-index search per key, whatever the planner knows of the table (a
-                    # prepared IN list or ANY(array) turns into a filter over all the project's runs
-                    # while the table has no statistics yet)
-                    sql = (
-                        "SELECT r.run_key FROM unnest(%s::varchar[]) AS k(run_key) CROSS JOIN LATERAL "
-                        f"(SELECT run_key FROM {table_name} WHERE project_id = %s AND source = %s "
-                        "AND run_key = k.run_key LIMIT 1) AS r"
-                    )
-                    params = (list(part), project_id, source)
-                found.extend((source, run_key) for (run_key,) in cur.execute(sql, params).fetchall())
-    return found
-
-
-def _aware(value: datetime) -> datetime:
-    if isinstance(value, str):  # SQLite aggregates return text
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def ingest_batch(
