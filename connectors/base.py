@@ -39,7 +39,7 @@ def register(cls: T) -> T:
 
 
 def _builtins() -> None:
-    from . import generic_json  # noqa: F401
+    from . import celery_events, generic_json, inngest, langfuse, langsmith, otlp, temporal  # noqa: F401
 
 
 def get(name: str) -> Connector:

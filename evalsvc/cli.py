@@ -504,5 +504,8 @@ def demo(
     run_demo(console=console, runs=runs, seed=seed)
 
 
+# commands of the connectors, statistics and analytics live in their own modules
+from . import cli_drift, cli_listen, cli_pull, cli_query  # noqa: E402, F401
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -37,7 +37,7 @@ def register(cls: T) -> T:
 
 
 def _builtins() -> None:
-    from . import rule  # noqa: F401  (registers the rule scorers)
+    from . import llm, rule, stats  # noqa: F401  (register the built-in scorers)
 
 
 def load_entry_points(names: Iterable[str]) -> None:

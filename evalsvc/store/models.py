@@ -233,3 +233,8 @@ def table(model: type[SQLModel]) -> sa.Table:
     """The Core table of a model, typed, for bulk statements."""
     t: sa.Table = model.__table__  # type: ignore[attr-defined]
     return t
+
+
+# tables of later capabilities, each in its own module; imported here so that the metadata (and
+# the migrations' comparison with it) sees every table
+from . import models_analytics, models_connectors, models_scoring, models_stats  # noqa: E402, F401

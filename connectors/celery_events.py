@@ -1,0 +1,3 @@
+"""Celery task events to step records."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Inngest run histories and function.finished/failed events to step records."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Langfuse trace exports to runs and steps."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Temporal workflow histories to step records."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""`evalsvc listen ...`: follow an orchestrator's live events (Celery)."""
+
+from __future__ import annotations

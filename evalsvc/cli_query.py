@@ -1,0 +1,3 @@
+"""`evalsvc query` and the analytics commands."""
+
+from __future__ import annotations

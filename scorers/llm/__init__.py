@@ -1,0 +1,1 @@
+"""LLM-as-judge scorers through litellm."""

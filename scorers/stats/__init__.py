@@ -1,0 +1,1 @@
+"""Statistical scorers: drift and anomaly against a fitted baseline."""
