@@ -32,3 +32,4 @@ test: lint
 
 docs: $(STAMP)
 	$(BIN)/python -m evalsvc.settings > docs/configuration.md
+	$(BIN)/python -m scorers.catalog > docs/scorers.md

@@ -94,6 +94,15 @@ class Settings(BaseSettings):
     score_batch_size: int = Field(
         default=1000, ge=1, description="Pending eval results one scoring task takes at a time."
     )
+    # LLM judge budgets (issue 4, point 4; docs/judges.md); per-evaluator budgets are in evalsvc.yaml
+    judge_project_calls_per_day: int | None = Field(
+        default=None, ge=0, description="Most LLM judge calls all evaluators of one project make per UTC day; "
+        "past it results are skipped as `over budget`. Unset: no project limit.",
+    )  # fmt: skip
+    judge_project_usd_per_day: float | None = Field(
+        default=None, ge=0, description="Most dollars (litellm's cost, or the judge's configured per-token price) "
+        "the LLM judges of one project spend per UTC day; unset: no limit.",
+    )  # fmt: skip
     host: str = Field(default="127.0.0.1", description="Address `evalsvc serve` listens on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `evalsvc serve` listens on.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
@@ -102,6 +111,132 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         default="json", description="Log format of `serve` and `worker` (the CLI always logs text)."
     )
+    # Temporal connector, `evalsvc pull temporal` (issue 3, point 2; docs/connectors/temporal.md)
+    temporal_address: str = Field(
+        default="127.0.0.1:7233", description="Temporal frontend (HOST:PORT) that `evalsvc pull temporal` lists and "
+        "fetches workflow histories from, unless `--address` is given.",
+    )  # fmt: skip
+    temporal_namespace: str = Field(
+        default="default", min_length=1, max_length=255,
+        description="Temporal namespace of `evalsvc pull temporal`, unless `--namespace` is given.",
+    )  # fmt: skip
+    temporal_pull_margin_seconds: float = Field(
+        default=300, ge=0, description="How far before the newest close time it has seen a pull lists closed "
+        "workflow executions again, to cover the lag of Temporal's visibility store (those already ingested are "
+        "skipped, not fetched).",
+    )  # fmt: skip
+    # Celery connector, `evalsvc listen celery` (issue 3, point 4; docs/connectors/celery.md)
+    celery_events_broker_url: str | None = Field(
+        default=None, description="Broker of the Celery app whose task events `evalsvc listen celery` follows, "
+        "e.g. `redis://127.0.0.1:6379/0`, unless `--broker` is given (not evalsvc's own `EVALSVC_BROKER_URL`).",
+    )  # fmt: skip
+    celery_listen_batch: int = Field(
+        default=500, ge=1, le=100_000, description="Most Celery events `evalsvc listen celery` folds and ingests "
+        "in one batch, unless `--batch` is given.",
+    )  # fmt: skip
+    celery_listen_flush_seconds: float = Field(
+        default=1.0, gt=0, description="`evalsvc listen celery` ingests what it has at least this often, unless "
+        "`--flush-seconds` is given.",
+    )  # fmt: skip
+    celery_listen_max_tasks: int = Field(
+        default=100_000, ge=1, description="Task ids whose run, parent, name and attempts `evalsvc listen celery` "
+        "remembers (least recently seen forgotten first; the store is asked about the others).",
+    )  # fmt: skip
+    # Inngest signed webhook, POST /v1/webhooks/inngest (issue 3, point 3; docs/connectors/inngest.md)
+    inngest_signing_key: SecretStr | None = Field(
+        default=None,
+        description="Inngest signing key (`signkey-<env>-<hex>`) that `X-Inngest-Signature` of "
+        "`POST /v1/webhooks/inngest` must verify against. Unset: that endpoint refuses every request.",
+    )
+    inngest_signing_key_fallback: SecretStr | None = Field(
+        default=None,
+        description="Second accepted Inngest signing key, for zero-downtime rotation (Inngest's "
+        "`INNGEST_SIGNING_KEY_FALLBACK`).",
+    )
+    inngest_project: str = Field(
+        default="default",
+        min_length=1,
+        max_length=128,
+        description="Project that Inngest webhook events are stored in (created on first use). One "
+        "signing key is one Inngest environment, so one project.",
+    )
+    # OpenTelemetry connector, POST /v1/traces (issue 3, point 1; docs/connectors/otlp.md)
+    otlp_group_by: str = Field(
+        default="", max_length=2000, description="Comma-separated span or resource attributes whose value is the "
+        "run key of a span (the first present wins, span before resource), e.g. `workflow.run_id`; spans "
+        "without any of them form one run per trace id.",
+    )  # fmt: skip
+    otlp_max_attributes: int = Field(
+        default=128, ge=1, description="Most span attributes kept in a step's `attributes` (the rest are counted)."
+    )
+    otlp_max_attribute_chars: int = Field(
+        default=4096, ge=16, description="Longer attribute values kept in `attributes` are cut to this many "
+        "characters (content attributes become input and output, uncut).",
+    )  # fmt: skip
+    otlp_max_inflight_requests: int = Field(
+        default=8, ge=1, description="`POST /v1/traces` requests in progress at once; one more is answered 503 "
+        "with `Retry-After`, which OTLP exporters retry.",
+    )  # fmt: skip
+    # statistical baselines and drift checks (issue 4, point 2; docs/drift.md)
+    drift_alpha: float = Field(
+        default=0.01, gt=0, lt=1, description="Significance level of the drift tests (KS, Wasserstein, chi-square, "
+        "TF-IDF, out-of-vocabulary): a feature drifted when a p-value is under it.",
+    )  # fmt: skip
+    drift_psi_threshold: float = Field(
+        default=0.2, gt=0, description="PSI at or above which a feature is reported as drifted."
+    )
+    drift_permutations: int = Field(
+        default=200, ge=19, le=100_000, description="Permutations behind the Wasserstein and TF-IDF p-values."
+    )
+    drift_max_sample: int = Field(
+        default=5000, ge=100, description="Most steps a baseline keeps, and a drift check reads, per window "
+        "(a larger history is sampled deterministically).",
+    )  # fmt: skip
+    drift_window_hours: float = Field(
+        default=24.0, gt=0, description="Window of `evalsvc drift check` when no `--since` is given: the last hours."
+    )
+    drift_seed: int = Field(default=0, ge=0, description="Seed of the baseline samples and fitted models.")
+    # SQL and pandas over the eval history: the DuckDB replica (issue 7, points 1-3; docs/querying.md)
+    query_max_rows: int = Field(
+        default=10_000, ge=1, description="Most rows `evalsvc query` and `POST /v1/query` return (`--limit` may "
+        "ask for fewer; the answer says when rows were cut).",
+    )  # fmt: skip
+    query_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="A query still running after this long is interrupted (`--timeout` may ask "
+        "for less).",
+    )  # fmt: skip
+    query_memory_limit: str = Field(
+        default="1GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$", description="DuckDB memory limit of one query."
+    )
+    analytics_max_lag_seconds: float = Field(
+        default=1.0, ge=0, description="A query refreshes the project's DuckDB replica first when its last "
+        "refresh is older than this (0: always).",
+    )  # fmt: skip
+    analytics_refresh_seconds: float = Field(
+        default=2.0, ge=0, description="`evalsvc serve` refreshes the replicas of recently queried projects in the "
+        "background this often (0: only before queries).",
+    )  # fmt: skip
+    analytics_commit_slack_seconds: float = Field(
+        default=5.0, ge=0, description="Each refresh reads again the rows of the last seconds (by id and "
+        "`updated_at`), so that a write whose transaction committed late is not missed.",
+    )  # fmt: skip
+    analytics_reconcile_seconds: float = Field(
+        default=600.0, gt=0, description="How often a refresh also compares row counts with the store and copies "
+        "a table again when they differ (deleted rows, missed writes).",
+    )  # fmt: skip
+    # the web UI and GET /metrics (issue 7, points 4 and 5; docs/ui.md, docs/metrics.md)
+    ui_session_hours: float = Field(
+        default=12.0, gt=0, description="How long a web UI sign-in (an HttpOnly, SameSite=Strict cookie) lasts."
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None, description="Bearer token that `GET /metrics` requires. Unset: `/metrics` is open to whoever "
+        "reaches the port (it shows counts per project name, never step data).",
+    )  # fmt: skip
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_metrics_token_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("database_url")
     @classmethod

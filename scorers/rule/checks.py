@@ -20,33 +20,20 @@ import re
 from collections.abc import Callable
 from functools import cached_property
 from numbers import Number
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from evalsvc.schemas import Score, StepPublic
 
 from ..base import BaseScorer, StepPath, as_text, get_field
 from ..registry import register
+from .common import FIELD, ExpectedValue, skip, verdict
 
 __all__ = ["Contains", "Equals", "JsonSchema", "MaxCostUsd", "MaxLatencyMs", "NotEmpty", "Regex"]
-
-PASS = 1.0
-FAIL = 0.0
-
-
-def _verdict(ok: bool, why: str | None = None, **metadata: Any) -> Score:
-    return Score(value=PASS if ok else FAIL, passed=ok, explanation=None if ok else why, metadata=metadata)
-
-
-def _skip(why: str) -> Score:
-    return Score(value=None, passed=None, explanation=why)
-
-
-_FIELD = Field(default="output", description="Dotted path into the step, e.g. `output.total`.")
 
 
 _ANNOTATIONS = frozenset({"title", "description", "$comment", "examples", "default", "deprecated"})
@@ -173,8 +160,13 @@ class JsonSchema(BaseScorer):
     """The field (JSON, or a string holding JSON) is valid against a JSON Schema (2020-12)."""
 
     name = "json_schema"
-    json_schema: dict[str, Any] = Field(alias="schema")
-    field: StepPath = _FIELD
+    example: ClassVar[dict[str, Any]] = {
+        "name": "invoice_extraction_schema",
+        "target": {"step": "extract_invoice"},
+        "params": {"schema": {"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}}},
+    }
+    json_schema: dict[str, Any] = Field(alias="schema", description="A JSON Schema (draft 2020-12).")
+    field: StepPath = FIELD
 
     @field_validator("json_schema")
     @classmethod
@@ -201,16 +193,16 @@ class JsonSchema(BaseScorer):
                 value = orjson.loads(value)
             except orjson.JSONDecodeError as exc:
                 if self._validator.is_valid(value):
-                    return _verdict(True)
-                return _verdict(False, f"{self.field} is not JSON: {exc}")
+                    return verdict(True)
+                return verdict(False, f"{self.field} is not JSON: {exc}")
         quick = self._quick
         if quick is not None and quick(value):
-            return _verdict(True)
+            return verdict(True)
         error = next(iter(self._validator.iter_errors(value)), None)
         if error is None:
-            return _verdict(True)
+            return verdict(True)
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        return _verdict(False, f"{self.field} at {where}: {error.message}")
+        return verdict(False, f"{self.field} at {where}: {error.message}")
 
 
 @register
@@ -218,10 +210,15 @@ class Regex(BaseScorer):
     """The field's text matches (``must_match: true``) or does not match a regular expression."""
 
     name = "regex"
-    pattern: str
-    must_match: bool = True
-    ignore_case: bool = False
-    field: StepPath = _FIELD
+    example: ClassVar[dict[str, Any]] = {
+        "name": "reference_present",
+        "target": {"step": "draft_reply"},
+        "params": {"pattern": "INV-[0-9]+", "field": "output"},
+    }
+    pattern: str = Field(description="A Python regular expression, searched anywhere in the text.")
+    must_match: bool = Field(default=True, description="Pass when it matches (`false`: pass when it does not).")
+    ignore_case: bool = Field(default=False, description="Match case-insensitively.")
+    field: StepPath = FIELD
 
     @field_validator("pattern")
     @classmethod
@@ -240,10 +237,10 @@ class Regex(BaseScorer):
         text = as_text(get_field(step, self.field))
         match = self._regex.search(text)
         if self.must_match:
-            return _verdict(match is not None, f"{self.field} does not match /{self.pattern}/")
+            return verdict(match is not None, f"{self.field} does not match /{self.pattern}/")
         if match is None:
-            return _verdict(True)
-        return _verdict(False, f"{self.field} matches /{self.pattern}/ at {match.start()}: {match.group(0)!r}")
+            return verdict(True)
+        return verdict(False, f"{self.field} matches /{self.pattern}/ at {match.start()}: {match.group(0)!r}")
 
 
 @register
@@ -251,12 +248,13 @@ class NotEmpty(BaseScorer):
     """The field is present and not blank (no null, empty or whitespace-only string, [] or {})."""
 
     name = "not_empty"
-    field: StepPath = _FIELD
+    example: ClassVar[dict[str, Any]] = {"name": "reply_not_empty", "target": {"step": "draft_reply"}, "params": {}}
+    field: StepPath = FIELD
 
     async def score(self, step: StepPublic) -> Score:
         value = get_field(step, self.field)
         empty = value is None or (isinstance(value, str) and not value.strip()) or value in ([], {})
-        return _verdict(not empty, f"{self.field} is empty")
+        return verdict(not empty, f"{self.field} is empty")
 
 
 @register
@@ -264,12 +262,17 @@ class MaxLatencyMs(BaseScorer):
     """The step took at most ``max_ms`` milliseconds (from its start and end times)."""
 
     name = "max_latency_ms"
-    max_ms: float = Field(gt=0)
+    example: ClassVar[dict[str, Any]] = {
+        "name": "ledger_post_latency",
+        "target": {"step": "post_to_ledger"},
+        "params": {"max_ms": 2000},
+    }
+    max_ms: float = Field(gt=0, description="The longest latency that passes, in milliseconds.")
 
     async def score(self, step: StepPublic) -> Score:
         if step.latency_ms is None:
-            return _skip("no latency recorded (the step has no start or end time)")
-        return _verdict(
+            return skip("no latency recorded (the step has no start or end time)")
+        return verdict(
             step.latency_ms <= self.max_ms,
             f"latency {step.latency_ms:.0f} ms is over {self.max_ms:.0f} ms",
             latency_ms=step.latency_ms,
@@ -281,34 +284,25 @@ class MaxCostUsd(BaseScorer):
     """The step cost at most ``max_usd`` dollars."""
 
     name = "max_cost_usd"
-    max_usd: float = Field(ge=0)
+    example: ClassVar[dict[str, Any]] = {
+        "name": "llm_step_cost",
+        "target": {"kind": "llm"},
+        "params": {"max_usd": 0.01},
+    }
+    max_usd: float = Field(ge=0, description="The highest cost that passes, in US dollars.")
 
     async def score(self, step: StepPublic) -> Score:
         if step.cost_usd is None:
-            return _skip("no cost recorded")
-        return _verdict(
+            return skip("no cost recorded")
+        return verdict(
             step.cost_usd <= self.max_usd,
             f"cost ${step.cost_usd:.6f} is over ${self.max_usd:.6f}",
             cost_usd=step.cost_usd,
         )
 
 
-class _AgainstExpected(BaseScorer):
-    field: StepPath = _FIELD
-    value: Any = Field(default=None, description="A literal to compare with.")
-    expected_field: StepPath | None = Field(default=None, description="Dotted path to the expected value.")
-    ignore_case: bool = False
-
-    @model_validator(mode="after")
-    def _one_source(self) -> _AgainstExpected:
-        if self.value is not None and self.expected_field is not None:
-            raise ValueError("give either value or expected_field, not both")
-        return self
-
-    def _expected(self, step: StepPublic) -> Any:
-        if self.value is not None:
-            return self.value
-        return get_field(step, self.expected_field or "expected")
+class _AgainstExpected(ExpectedValue):
+    ignore_case: bool = Field(default=False, description="Compare text case-insensitively.")
 
     def _norm(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -322,14 +316,19 @@ class Equals(_AgainstExpected):
     """The field equals the expected value (the record's ``expected``, a path, or a literal)."""
 
     name = "equals"
+    example: ClassVar[dict[str, Any]] = {
+        "name": "classification_matches_expected",
+        "target": {"step": "classify_email"},
+        "params": {"expected_field": "expected.label", "field": "output.label", "ignore_case": True},
+    }
 
     async def score(self, step: StepPublic) -> Score:
         expected = self._expected(step)
         if expected is None:
-            return _skip("no expected value")
+            return skip("no expected value")
         actual = get_field(step, self.field)
         ok = self._norm(actual) == self._norm(expected)
-        return _verdict(ok, f"{self.field} is {actual!r}, expected {expected!r}", expected=expected)
+        return verdict(ok, f"{self.field} is {actual!r}, expected {expected!r}", expected=expected)
 
 
 @register
@@ -337,12 +336,17 @@ class Contains(_AgainstExpected):
     """The field's text contains the expected text."""
 
     name = "contains"
+    example: ClassVar[dict[str, Any]] = {
+        "name": "reply_thanks_the_customer",
+        "target": {"step": "draft_reply"},
+        "params": {"value": "thank you", "ignore_case": True},
+    }
 
     async def score(self, step: StepPublic) -> Score:
         expected = self._expected(step)
         if expected is None:
-            return _skip("no expected value")
+            return skip("no expected value")
         haystack, needle = as_text(get_field(step, self.field)), as_text(expected)
         if self.ignore_case:
             haystack, needle = haystack.casefold(), needle.casefold()
-        return _verdict(needle in haystack, f"{self.field} does not contain {as_text(expected)!r}")
+        return verdict(needle in haystack, f"{self.field} does not contain {as_text(expected)!r}")

