@@ -8,8 +8,9 @@ after ``EVALSVC_LEASE_SECONDS`` another worker claims it again and re-sends it w
 idempotency key (the webhook's ``webhook-id``), so the receiver can drop the repeat.
 
 ``on_fail: review`` opens a ReviewItem (the action records that it did); ``on_fail: webhook`` posts
-a signed JSON payload. ``retry`` and ``pause`` need an orchestrator adapter: until a step's source
-has one, the action is recorded as failed with that reason, never silently dropped.
+a signed JSON payload. ``retry``, ``pause``, ``resume`` and ``cancel`` go through the orchestrator
+adapter of the step's source (:mod:`evalsvc.adapters`); where none performs the kind, the action is
+recorded as failed with that reason, never silently dropped.
 """
 
 from __future__ import annotations
@@ -24,19 +25,19 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from evalsvc.adapters import ActionContext, ActionFailed, kinds_for
+from evalsvc.adapters import get as get_adapter
 from evalsvc.schemas import ActionKind, ActionStatus, OnFail
 from evalsvc.settings import Settings
 from evalsvc.store.db import session_scope
-from evalsvc.store.models import Action, EvalResult, ReviewItem, table, utcnow
+from evalsvc.store.models import Action, EvalResult, Evaluator, Project, ReviewItem, Run, Step, table, utcnow
 from evalsvc.store.sql import dialect_insert
 
 from .webhooks import WebhookError, build_payload, send_webhook
 
-__all__ = ["DispatchOutcome", "FailedEval", "dispatch_action", "due_action_ids", "plan_actions"]
+__all__ = ["DispatchOutcome", "FailedEval", "action_context", "dispatch_action", "due_action_ids", "plan_actions"]
 
 logger = logging.getLogger(__name__)
-
-ADAPTERS: dict[str, set[str]] = {}  # source -> action kinds its orchestrator adapter performs
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,7 @@ def plan_actions(*, session: Session, failures: list[FailedEval]) -> list[int]:
             )
         elif kind == ActionKind.webhook:
             base.update(target=f.on_fail.url)
-        elif kind not in ADAPTERS.get(f.source, set()):
+        elif kind not in kinds_for(f.source):
             base.update(
                 status=ActionStatus.failed.value,
                 next_attempt_at=None,
@@ -198,6 +199,7 @@ def dispatch_action(*, engine: Engine, settings: Settings, action_id: int) -> Di
         action = session.get(Action, action_id)
         assert action is not None
         payload = build_payload(session=session, action=action) if action.kind == ActionKind.webhook else None
+        context = None if action.kind == ActionKind.webhook else action_context(session, action, settings)
     try:
         if action.kind == ActionKind.webhook:
             assert payload is not None and action.target
@@ -205,9 +207,19 @@ def dispatch_action(*, engine: Engine, settings: Settings, action_id: int) -> Di
                 url=action.target, payload=payload, msg_id=action.idempotency_key, settings=settings
             )
         else:
-            raise WebhookError(f"no dispatcher for action kind {action.kind!r}", retryable=False)
-    except WebhookError as exc:
+            assert context is not None
+            adapter = get_adapter(context.run["source"])
+            if adapter is None or action.kind not in adapter.kinds:
+                raise ActionFailed(
+                    f"no orchestrator adapter performs {action.kind!r} for source {context.run['source']!r}",
+                    retryable=False,
+                )
+            response = adapter.perform(context)
+    except (WebhookError, ActionFailed) as exc:
         return _record_failure(engine, action, settings, str(exc), retryable=exc.retryable)
+    except Exception as exc:  # an adapter's bug or an unexpected client error: retried, then failed
+        logger.exception("action %s: adapter raised", action.idempotency_key)
+        return _record_failure(engine, action, settings, f"{type(exc).__name__}: {exc}", retryable=True)
     now = utcnow()
     with session_scope(engine) as session:
         row = session.get(Action, action_id)
@@ -222,6 +234,58 @@ def dispatch_action(*, engine: Engine, settings: Settings, action_id: int) -> Di
         session.add(row)
     logger.info("action %s %s succeeded", action.kind, action.idempotency_key, extra={"action_id": action_id})
     return DispatchOutcome("succeeded")
+
+
+def action_context(session: Session, action: Action, settings: Settings) -> ActionContext:
+    """Everything an adapter needs about one action, read in one session."""
+    run = session.get(Run, action.run_id)
+    step = session.get(Step, action.step_id)
+    result = session.get(EvalResult, action.eval_result_id)
+    project = session.get(Project, action.project_id)
+    assert run is not None and step is not None and project is not None
+    evaluator = session.get(Evaluator, result.evaluator_id) if result is not None else None
+    on_fail = dict((evaluator.definition or {}).get("on_fail") or {}) if evaluator is not None else {}
+    verdict: dict[str, Any] = {}
+    if result is not None:
+        verdict = {
+            "id": result.id,
+            "evaluator": result.evaluator,
+            "evaluator_version": result.evaluator_version,
+            "value": result.value,
+            "passed": result.passed,
+            "label": result.label,
+            "explanation": result.explanation,
+        }
+    return ActionContext(
+        action_id=action.id or 0,
+        kind=action.kind,
+        idempotency_key=action.idempotency_key,
+        reason=action.reason,
+        project=project.name,
+        run={
+            "id": run.id,
+            "source": run.source,
+            "run_key": run.run_key,
+            "workflow": run.workflow,
+            "status": run.status,
+            "attributes": run.attributes or {},
+        },
+        step={
+            "id": step.id,
+            "step_key": step.step_key,
+            "attempt": step.attempt,
+            "name": step.name,
+            "kind": step.kind,
+            "status": step.status,
+            "input": step.input,
+            "output": step.output,
+            "error": step.error,
+            "attributes": step.attributes or {},
+        },
+        verdict=verdict,
+        on_fail=on_fail,
+        settings=settings,
+    )
 
 
 def _record_failure(

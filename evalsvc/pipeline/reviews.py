@@ -12,12 +12,13 @@ from typing import Literal
 
 from sqlmodel import Session
 
+from evalsvc.adapters import kinds_for
 from evalsvc.errors import Conflict
 from evalsvc.schemas import ActionKind, ActionStatus
 from evalsvc.store.models import Action, Run, utcnow
 from evalsvc.store.queries import ReviewPublic, get_review, list_reviews
 
-from .remediate import ADAPTERS, idempotency_key
+from .remediate import idempotency_key
 
 __all__ = ["decide_review"]
 
@@ -45,7 +46,7 @@ def decide_review(
     follow_up: int | None = None
     run = session.get(Run, item.run_id)
     kind = ActionKind.resume if decision == "approved" else ActionKind.cancel
-    if run is not None and kind in ADAPTERS.get(run.source, set()):
+    if run is not None and kind in kinds_for(run.source):
         now = utcnow()
         action = Action(
             project_id=project_id,

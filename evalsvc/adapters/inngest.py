@@ -1,0 +1,3 @@
+"""Inngest adapter: send events and cancel runs."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Temporal adapter: signal, reset, cancel and terminate workflows."""
+
+from __future__ import annotations

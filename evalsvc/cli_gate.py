@@ -1,0 +1,3 @@
+"""`evalsvc gate` and `evalsvc baseline`: the CI gate."""
+
+from __future__ import annotations
