@@ -23,7 +23,7 @@ from evalsvc.worker import get_runner
 from evalsvc.worker.inprocess import InProcessWorker
 
 from .responses import JSONBytes
-from .routes import evals, health, ingest, otlp, query, reviews, runs, ui, webhooks
+from .routes import evals, health, ingest, metrics, otlp, query, reviews, runs, ui, verdicts, webhooks
 
 __all__ = ["create_app"]
 
@@ -80,6 +80,6 @@ def create_app(settings: Settings | None = None, *, start_worker: bool = True) -
         message = f"{field}: {err.get('msg')}" if field else str(err.get("msg"))
         return JSONBytes({"error": "invalid_input", "message": message, "field": field}, status_code=422)
 
-    for module in (health, ingest, otlp, webhooks, runs, evals, reviews, query, ui):
+    for module in (health, ingest, otlp, webhooks, runs, verdicts, evals, reviews, query, ui, metrics):
         app.include_router(module.router)
     return app
