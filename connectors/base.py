@@ -42,16 +42,20 @@ def _builtins() -> None:
     from . import celery_events, generic_json, inngest, langfuse, langsmith, otlp, temporal  # noqa: F401
 
 
-def get(name: str) -> Connector:
+def get(name: str, settings: Any = None) -> Connector:
+    """The connector registered as ``name``; one with a ``from_settings`` class method is built
+    from evalsvc's settings when they are given (``EVALSVC_OTLP_GROUP_BY`` and the like)."""
     _builtins()
     if name not in _REGISTRY:
         for ep in entry_points(group="evalsvc.connectors"):
             if ep.name == name:
                 register(ep.load())
     try:
-        connector: Connector = _REGISTRY[name]()
+        cls = _REGISTRY[name]
     except KeyError:
         raise UnknownConnector(name, available=list(_REGISTRY)) from None
+    factory = getattr(cls, "from_settings", None)
+    connector: Connector = factory(settings) if settings is not None and factory is not None else cls()
     return connector
 
 

@@ -60,7 +60,7 @@ def decode_json(body: bytes, content_type: str) -> Any:
 async def ingest(
     connector: str, request: Request, project: ProjectDep, engine: EngineDep, settings: SettingsDep, runner: RunnerDep
 ) -> JSONBytes:
-    conn = get_connector(connector)
+    conn = get_connector(connector, settings)
     body = await read_body(request, settings.max_body_bytes)
     content_type = request.headers.get("content-type", "")
 
