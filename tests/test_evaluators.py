@@ -96,6 +96,11 @@ def test_apply_versions_and_lists(api: Api) -> None:
             "evaluators.0.sample.rate",
             "less than or equal to 1",
         ),
+        (
+            "evaluators:\n  - {name: a, scorer: not_empty, budget: {calls_per_day: 5, fallback: b}}",
+            "evaluators.0.budget.fallback",
+            "'b' is not defined",
+        ),
     ],
 )
 def test_bad_evaluator_files_name_the_field(api: Api, text: str, field: str, fragment: str) -> None:

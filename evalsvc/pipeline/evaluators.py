@@ -71,6 +71,13 @@ def parse_specs(items: list[Any]) -> list[EvaluatorSpec]:
         except Exception as exc:  # UnknownScorer and friends
             raise InvalidInput(str(exc).split(": ", 1)[-1], field=f"evaluators.{i}.scorer") from None
         specs.append(spec)
+    names = {s.name for s in specs}
+    for i, spec in enumerate(specs):
+        fallback = spec.budget.fallback
+        if fallback is not None and fallback not in names:
+            raise InvalidInput(
+                f"fallback evaluator {fallback!r} is not defined in this file", field=f"evaluators.{i}.budget.fallback"
+            )
     return specs
 
 

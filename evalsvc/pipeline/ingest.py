@@ -314,6 +314,7 @@ def _scheduled(run: RunInfo, key: _StepKey, step_id: int, name: str, kind: str, 
         kind=kind,
         status=row["status"],
         attributes=row.get("attributes") or {},
+        model=row.get("model"),
     )
 
 

@@ -4,6 +4,13 @@ Each match becomes an EvalResult row, ``pending`` (to be scored) or ``skipped`` 
 ``not sampled``. Sampling is deterministic: the draw is a hash of (source, run, step), so
 re-ingesting a step repeats the decision, every attempt of a sampled step is judged, and two
 evaluators with the same rate judge the same steps.
+
+Beyond the rate (``sample`` in evalsvc.yaml, docs/judges.md): ``always`` conditions (the step
+failed; one of the first N steps of a model; a rule failed on the step, which is decided when
+the rules' verdicts are known, see :mod:`evalsvc.pipeline.judging`) and ``stratify`` (at least
+``min_per_stratum`` steps per stratum per day). Such evaluators' rows carry ``metadata.sample``:
+why the step was picked, its weight (1 / inclusion probability) and its stratum, which is what
+keeps the estimated failure rate unbiased.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from evalsvc.store.models import Evaluator, table, utcnow
 from evalsvc.store.sql import chunks
 
 from ._bulk import dbapi, driver_cursor, pg_ts, sqlite_ts
+from .sampling import SamplePlanner
 
 __all__ = [
     "ActiveEvaluator",
@@ -60,6 +68,7 @@ class ScheduledStep:
     kind: str
     status: str
     attributes: dict[str, Any]
+    model: str | None = None
 
 
 def load_active_evaluators(*, session: Session, project_id: int) -> list[ActiveEvaluator]:
@@ -117,6 +126,8 @@ def schedule_evals(
     stamp = sqlite_ts(now) if sqlite else pg_ts(now)
     pending_value, skipped_value = EvalStatus.pending.value, EvalStatus.skipped.value
     selectors = [(ev, _selector(ev.spec.target), ev.spec.sample.rate) for ev in evaluators]
+    planner = SamplePlanner(session=session, project_id=project_id, evaluators=evaluators, steps=steps,
+                            picks={ev.id: pick for ev, pick, _ in selectors})  # fmt: skip
     attr_keys = sorted({key for ev in evaluators for key in ev.spec.target.attributes})
     picked: dict[tuple[Any, ...], list[tuple[ActiveEvaluator, float]]] = {}
     rows: list[tuple[Any, ...]] = []
@@ -133,6 +144,9 @@ def schedule_evals(
         draw = sample_draw(step.source, step.run_key, step.step_key)
         for ev, rate in chosen:
             sampled = draw < rate
+            meta = None
+            if planner.active(ev):
+                sampled, meta = planner.decide(ev, step, draw)
             rows.append(
                 (
                     project_id,
@@ -145,6 +159,7 @@ def schedule_evals(
                     None if sampled else NOT_SAMPLED,
                     False,
                     stamp,
+                    meta,
                 )
             )
     if not rows:
@@ -168,16 +183,16 @@ def schedule_evals(
             # COPY into a scratch table, then one upsert from it: a statement per row costs more
             # than the row (the rows are distinct: one per step and evaluator)
             cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS evalsvc_new_result (project_id integer, run_id bigint, "
+                "CREATE TEMP TABLE IF NOT EXISTS evalsvc_new_result_v2 (project_id integer, run_id bigint, "
                 "step_id bigint, evaluator_id integer, evaluator text, evaluator_version text, status text, "
-                "skip_reason text, cache_hit boolean, created_at timestamptz) ON COMMIT DELETE ROWS"
+                "skip_reason text, cache_hit boolean, created_at timestamptz, metadata json) ON COMMIT DELETE ROWS"
             )
-            cur.execute("TRUNCATE evalsvc_new_result")
-            with cur.copy(f"COPY evalsvc_new_result ({cols}) FROM STDIN") as copy:
+            cur.execute("TRUNCATE evalsvc_new_result_v2")
+            with cur.copy(f"COPY evalsvc_new_result_v2 ({cols}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
             cur.execute(
-                f"INSERT INTO eval_result ({cols}) SELECT {cols} FROM evalsvc_new_result "
+                f"INSERT INTO eval_result ({cols}) SELECT {cols} FROM evalsvc_new_result_v2 "
                 f"ON CONFLICT (step_id, evaluator, evaluator_version) {conflict} RETURNING id, status"
             )
             for rid, status in cur.fetchall():
@@ -197,11 +212,12 @@ _RESULT_COLS = (
     "skip_reason",
     "cache_hit",
     "created_at",
+    "metadata",
 )
 _SQLITE_ROW = "(" + ", ".join(["?"] * len(_RESULT_COLS)) + ")"
 _ON_CONFLICT_RESET = (
     "DO UPDATE SET status = excluded.status, skip_reason = excluded.skip_reason, value = NULL, passed = NULL, "
-    "label = NULL, explanation = NULL, error = NULL, metadata = NULL, started_at = NULL, ended_at = NULL"
+    "label = NULL, explanation = NULL, error = NULL, metadata = excluded.metadata, started_at = NULL, ended_at = NULL"
 )
 
 
@@ -262,7 +278,7 @@ def backfill(
     while True:
         q = (
             sa.select(st.c.id, st.c.run_id, rt.c.source, rt.c.run_key, rt.c.workflow, st.c.step_key, st.c.name,
-                      st.c.kind, st.c.status, st.c.attributes)
+                      st.c.kind, st.c.status, st.c.attributes, st.c.model)
             .join(rt, rt.c.id == st.c.run_id)
             .where(st.c.project_id == project_id, st.c.id > after,
                    st.c.status.in_([s.value for s in TERMINAL_STEP_STATUSES]))
@@ -277,7 +293,8 @@ def backfill(
         after = rows[-1].id
         steps = [
             ScheduledStep(step_id=r.id, run_id=r.run_id, source=r.source, run_key=r.run_key, workflow=r.workflow,
-                          step_key=r.step_key, name=r.name, kind=r.kind, status=r.status, attributes=r.attributes or {})
+                          step_key=r.step_key, name=r.name, kind=r.kind, status=r.status, attributes=r.attributes or {},
+                          model=r.model)
             for r in rows
         ]  # fmt: skip
         pending += schedule_evals(session=session, project_id=project_id, steps=steps, evaluators=evaluators,

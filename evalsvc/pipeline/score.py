@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 
 from evalsvc.errors import EvalServiceError
 from evalsvc.schemas import EvalStatus, EvaluatorSpec, Score, StepPublic
+from evalsvc.settings import Settings, get_settings
 from evalsvc.store.db import write_session
 from evalsvc.store.models import EvalResult, Evaluator, Step, table, utcnow
 from evalsvc.store.sql import chunks
@@ -35,6 +36,7 @@ from scorers.base import Scorer
 from scorers.registry import create
 
 from ._bulk import dbapi, driver_cursor, gc_paused, json_text, pg_ts, sqlite_ts
+from .judging import JudgeGate
 from .remediate import FailedEval, plan_actions
 
 __all__ = ["ScoreReport", "pending_ids", "score_pending"]
@@ -189,9 +191,14 @@ async def _timed(scorer: Scorer, step: StepPublic) -> tuple[Score | None, str | 
         return None, f"{type(exc).__name__}: {exc}", (time.perf_counter() - t0) * 1000
 
 
-async def _run_all(jobs: list[tuple[Scorer, StepPublic]]) -> list[tuple[Score | None, str | None, float]]:
+async def _run_all(
+    jobs: list[tuple[Scorer, StepPublic]],
+    before_others: Callable[[list[_Result | None]], dict[int, _Result]] | None = None,
+) -> list[tuple[Score | None, str | None, float]]:
     """Rule scorers (local, CPU-bound checks) are awaited one after the other: a task each would cost
-    more than the check. The others (LLM judges) run concurrently, at most ``_CONCURRENCY`` at once."""
+    more than the check. The others (LLM judges) run concurrently, at most ``_CONCURRENCY`` at once.
+    ``before_others`` (the judge gate) sees the rules' results first and may resolve other jobs
+    without running them (cache hits, over budget, not sampled)."""
     sem = asyncio.Semaphore(_CONCURRENCY)
     out: list[tuple[Score | None, str | None, float] | None] = [None] * len(jobs)
     others: list[int] = []
@@ -205,6 +212,11 @@ async def _run_all(jobs: list[tuple[Scorer, StepPublic]]) -> list[tuple[Score | 
             out[i] = (await scorer.score(step), None, (clock() - t0) * 1000)
         except Exception as exc:  # a scorer's failure is recorded on its own row
             out[i] = (None, f"{type(exc).__name__}: {exc}", (clock() - t0) * 1000)
+    if others and before_others is not None:
+        resolved = before_others(out)
+        for i, result in resolved.items():
+            out[i] = result
+        others = [i for i in others if i not in resolved]
     if others:
         done = await asyncio.gather(*(_run_one(jobs[i][0], jobs[i][1], sem) for i in others))
         for i, result in zip(others, done, strict=True):
@@ -212,15 +224,18 @@ async def _run_all(jobs: list[tuple[Scorer, StepPublic]]) -> list[tuple[Score | 
     return [r for r in out if r is not None]
 
 
-def score_pending(*, engine: Engine, ids: Sequence[int]) -> ScoreReport:
-    """Score the given pending results (others are skipped quietly) and plan the actions of failures."""
+def score_pending(*, engine: Engine, ids: Sequence[int], settings: Settings | None = None) -> ScoreReport:
+    """Score the given pending results (others are skipped quietly) and plan the actions of failures.
+
+    ``settings`` (default: the environment's) give the project-wide judge budgets."""
     report = ScoreReport()
+    settings = settings or get_settings()
     for part in chunks(list(ids), 2000):
-        report.add(_score_chunk(engine, part))
+        report.add(_score_chunk(engine, part, settings))
     return report
 
 
-def _score_chunk(engine: Engine, ids: Sequence[int]) -> ScoreReport:
+def _score_chunk(engine: Engine, ids: Sequence[int], settings: Settings) -> ScoreReport:
     # the chunk's many objects live until it is stored: no garbage collection meanwhile (it would
     # walk them all, again and again), except while scorers that are not rules run (LLM judges,
     # which may wait seconds on the network)
@@ -232,13 +247,21 @@ def _score_chunk(engine: Engine, ids: Sequence[int]) -> ScoreReport:
         if all(getattr(scorer, "kind", None) == "rule" for scorer, _ in jobs):
             results = asyncio.run(_run_all(jobs)) if jobs else []
             return _record(engine, specs, outcomes, results, started=started, ended=utcnow())
-    results = asyncio.run(_run_all(jobs))
+    gate = JudgeGate(engine=engine, settings=settings, specs=specs, outcomes=outcomes, jobs=jobs)
+    results = asyncio.run(_run_all(jobs, gate.before_calls if gate else None))
+    if gate:
+        results = gate.settle(results)
     ended = utcnow()
     with gc_paused():
-        return _record(engine, specs, outcomes, results, started=started, ended=ended)
+        report = _record(engine, specs, outcomes, results, started=started, ended=ended)
+    fallback = gate.fallback_ids() if gate else []
+    if fallback:  # evaluators standing in for judges over budget
+        report.add(score_pending(engine=engine, ids=fallback, settings=settings))
+    return report
 
 
 _Outcome = tuple[_Pending, str | int]  # a result and an error message, or the index of its job
+_Result = tuple[Score | None, str | None, float]  # a score, or an error message; latency in ms
 
 
 def _prepare(
@@ -262,6 +285,10 @@ def _prepare(
         if scorer is None:
             try:
                 scorer = _scorer_for(row.evaluator_id, spec.scorer, orjson.dumps(spec.params).decode())
+                if hasattr(scorer, "baseline_ref"):  # a statistical scorer gets its fitted baseline
+                    from .baselines import bind_baseline
+
+                    scorer = bind_baseline(engine=engine, project_id=row.project_id, scorer=scorer)
             except (EvalServiceError, ValueError) as exc:
                 scorer = exc
             scorers[row.evaluator_id] = scorer

@@ -58,7 +58,7 @@ def drain(
         if not ids:
             break
         after = ids[-1]
-        part = score_pending(engine=engine, ids=ids)
+        part = score_pending(engine=engine, ids=ids, settings=settings)
         report.score.add(part)
         if progress:
             progress(len(ids))
@@ -83,7 +83,7 @@ class InlineRunner:
 
     def submit_scores(self, ids: Sequence[int]) -> None:
         for part in chunks(list(ids), self.settings.score_batch_size):
-            report = score_pending(engine=self.engine, ids=part)
+            report = score_pending(engine=self.engine, ids=part, settings=self.settings)
             self.submit_actions(report.action_ids)
 
     def submit_actions(self, ids: Sequence[int]) -> None:

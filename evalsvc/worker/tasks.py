@@ -36,7 +36,7 @@ def _engine() -> Any:
     max_retries=8,
 )
 def score_results(ids: list[int]) -> dict[str, int]:
-    report = score_pending(engine=_engine(), ids=ids)
+    report = score_pending(engine=_engine(), ids=ids, settings=get_settings())
     for aid in report.action_ids:
         dispatch_action_task.delay(aid)
     return {"scored": report.scored, "failed": report.failed, "errors": report.errors}

@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 
 from evalsvc.errors import InvalidInput
+from evalsvc.pipeline.drift import DriftReportPublic, list_reports
 from evalsvc.pipeline.evaluators import apply_evaluators, parse_config, parse_specs
 from evalsvc.store.db import write_session
 from evalsvc.store.queries import EvalPublic, EvaluatorPublic, list_evals, list_evaluator_rows
@@ -60,3 +61,17 @@ async def apply(request: Request, project: ProjectDep, engine: EngineDep, settin
     with write_session(engine) as session:
         changes = apply_evaluators(session=session, project_id=project.id or 0, specs=specs, settings=settings)
     return {"changes": [c.as_dict() for c in changes]}
+
+
+# statistical drift (docs/drift.md): the reports that `evalsvc drift check` stored
+@router.get("/drift/reports", response_model=list[DriftReportPublic])
+def drift_reports(
+    project: ProjectDep,
+    session: SessionDep,
+    baseline: str | None = None,
+    check_id: str | None = None,
+    drifted: bool | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> list[DriftReportPublic]:
+    return list_reports(session=session, project_id=project.id or 0, baseline=baseline, check_id=check_id,
+                        drifted=drifted, limit=limit)  # fmt: skip
