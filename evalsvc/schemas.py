@@ -25,11 +25,14 @@ __all__ = [
     "TERMINAL_STEP_STATUSES",
     "ActionKind",
     "ActionStatus",
+    "Budget",
     "EvalStatus",
     "EvaluatorSpec",
     "OnFail",
+    "PauseAfter",
     "RunStatus",
     "Sample",
+    "SampleCondition",
     "Score",
     "StepError",
     "StepPublic",
@@ -90,6 +93,7 @@ class ActionStatus(enum.StrEnum):
     dispatched = "dispatched"  # claimed by a worker, side effect in flight
     succeeded = "succeeded"
     failed = "failed"
+    skipped = "skipped"  # planned but not sent: a policy limit (e.g. a retry past max_retries)
 
 
 class StepError(BaseModel):
@@ -221,25 +225,92 @@ class Target(BaseModel):
     attributes: dict[str, str] = Field(default_factory=dict)
 
 
+SampleCondition = Literal["step_failed", "rule_failed", "new_model"]
+
+
 class Sample(BaseModel):
+    """Which matching steps an evaluator judges (DESIGN.md section 7; docs/judges.md).
+
+    ``rate`` is a deterministic draw per step; ``always`` adds steps whatever the draw (the step
+    failed, a rule evaluator failed it, it is one of the first ``new_model_steps`` of a model);
+    ``stratify`` judges at least ``min_per_stratum`` steps a day of each stratum (step name and/or
+    model), each verdict weighted so that the estimated failure rate stays unbiased."""
+
     model_config = ConfigDict(extra="forbid")
     rate: float = Field(default=1.0, ge=0, le=1)
+    always: list[SampleCondition] = Field(default_factory=list)
+    new_model_steps: int = Field(default=20, ge=1, le=1_000_000)
+    stratify: list[Literal["name", "model"]] = Field(default_factory=list)
+    min_per_stratum: int = Field(default=20, ge=0, le=1_000_000)
+
+    def is_plain(self) -> bool:
+        """Only a rate: the decision is the draw alone, nothing is weighted or counted."""
+        return not self.always and not self.stratify
+
+
+class Budget(BaseModel):
+    """Daily (UTC) limits of a judge evaluator; past them its results are skipped "over budget"
+    and, with ``fallback``, the named evaluator judges the step instead."""
+
+    model_config = ConfigDict(extra="forbid")
+    calls_per_day: int | None = Field(default=None, ge=0)
+    usd_per_day: float | None = Field(default=None, ge=0)
+    fallback: str | None = Field(default=None, max_length=128)
+
+
+class PauseAfter(BaseModel):
+    """Widen ``on_fail``: pause the workflow once the evaluator failed ``failures`` steps of the same
+    workflow type within ``minutes`` (docs/remediation.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    failures: int = Field(ge=1, le=1_000_000)
+    minutes: float = Field(gt=0, le=60 * 24 * 31)
 
 
 class OnFail(BaseModel):
-    """What to do when the evaluator fails a step."""
+    """What to do when the evaluator fails a step (policies: docs/remediation.md)."""
 
     model_config = ConfigDict(extra="allow")
     action: Literal["none", "retry", "pause", "review", "webhook"] = "none"
     url: str | None = None
     max_attempts: int | None = Field(default=None, ge=1)
     assignee: str | None = None
+    # remediation policies (issue 5): retry limits and delay, the pause widening, the review queue
+    max_retries: int | None = Field(default=None, ge=0, le=1000, description="Retries per step (attempts - 1).")
+    backoff_seconds: float = Field(default=0.0, ge=0, le=86_400, description="Delay before a retry is sent.")
+    backoff_multiplier: float = Field(default=1.0, ge=1, le=10, description="Delay factor per further attempt.")
+    pause_after: PauseAfter | None = None
+    queue: str | None = Field(default=None, max_length=128, description="Review queue of the review item.")
 
     @model_validator(mode="after")
     def _check(self) -> OnFail:
         if self.action == "webhook" and not self.url:
             raise ValueError("on_fail.url is required when on_fail.action is webhook")
         return self
+
+    @field_validator("max_retries", "backoff_seconds", "backoff_multiplier")
+    @classmethod
+    def _retry_only(cls, value: Any, info: ValidationInfo) -> Any:
+        default = cls.model_fields[info.field_name or ""].default
+        if value != default and info.data.get("action") != "retry":
+            raise ValueError(f"{info.field_name} applies only to on_fail.action retry")
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _review_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("action") != "review":
+            raise ValueError("queue applies only to on_fail.action review")
+        return value
+
+    def retry_limit(self) -> int | None:
+        """The highest step attempt a retry may lead to (None: no limit of the policy's own)."""
+        limits = [x for x in (self.max_attempts, None if self.max_retries is None else self.max_retries + 1) if x]
+        return min(limits) if limits else None
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds to wait before retrying a step whose attempt ``attempt`` failed."""
+        return float(min(86_400.0, self.backoff_seconds * self.backoff_multiplier ** max(0, attempt - 1)))
 
 
 class EvaluatorSpec(BaseModel):
@@ -253,6 +324,7 @@ class EvaluatorSpec(BaseModel):
     sample: Sample = Field(default_factory=Sample)
     threshold: float = Field(default=0.5, ge=0, le=1)
     on_fail: OnFail = Field(default_factory=OnFail)
+    budget: Budget = Field(default_factory=Budget)
     description: str | None = None
 
     @field_validator("name")
@@ -261,6 +333,12 @@ class EvaluatorSpec(BaseModel):
         if not _NAME.match(value):
             raise ValueError("must start with a letter and use letters, digits, '_', '.', '-'")
         return value
+
+    @model_validator(mode="after")
+    def _fallback_is_another(self) -> EvaluatorSpec:
+        if self.budget.fallback == self.name:
+            raise ValueError("budget.fallback must name another evaluator")
+        return self
 
     @field_validator("on_fail", mode="before")
     @classmethod
@@ -274,5 +352,14 @@ class EvaluatorSpec(BaseModel):
     def version(self) -> str:
         """Hash of the definition (description excluded): a changed definition is a new version."""
         data = self.model_dump(mode="json", exclude={"description"})
+        # options added later leave the versions of definitions that do not use them unchanged
+        if self.budget == Budget():
+            data.pop("budget")
+        for key in ("always", "new_model_steps", "stratify", "min_per_stratum"):
+            if data["sample"][key] == Sample.model_fields[key].get_default(call_default_factory=True):
+                data["sample"].pop(key)
+        for key in ("max_retries", "backoff_seconds", "backoff_multiplier", "pause_after", "queue"):
+            if data["on_fail"].get(key) == OnFail.model_fields[key].get_default():
+                data["on_fail"].pop(key, None)
         digest = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
         return digest[:12]

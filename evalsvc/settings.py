@@ -13,6 +13,7 @@ Every field has a description; ``docs/configuration.md`` is generated from them
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -74,6 +75,23 @@ class Settings(BaseSettings):
         "single-host setups). Off by default: such targets are refused.",
     )
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of one webhook delivery attempt.")
+    # remediation webhooks (issue 5; docs/remediation.md): SSRF checks at connect time
+    webhook_allow_networks: list[str] = Field(
+        default=[],
+        description="Networks (CIDR, e.g. `10.1.2.0/24`) a webhook may reach although they are private; "
+        "every other private, loopback or link-local address stays refused. JSON list in the environment.",
+    )
+    webhook_max_redirects: int = Field(
+        default=3, ge=0, le=10, description="Redirects a webhook delivery follows, each hop checked like the URL."
+    )
+
+    @field_validator("webhook_allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)  # a ValueError names the bad entry
+        return value
+
     action_max_attempts: int = Field(
         default=6, ge=1, description="Delivery attempts of one action before it is marked failed."
     )
@@ -125,6 +143,18 @@ class Settings(BaseSettings):
         "workflow executions again, to cover the lag of Temporal's visibility store (those already ingested are "
         "skipped, not fetched).",
     )  # fmt: skip
+    # Temporal remediation and in-band verdicts (issue 5, points 3 and 8; docs/remediation-temporal.md)
+    temporal_rpc_timeout_seconds: float = Field(
+        default=10, gt=0, description="Timeout of each call the Temporal adapter makes (signal, reset, cancel, "
+        "terminate); a timed-out call is retried with the action's backoff and the same request id.",
+    )  # fmt: skip
+    verdict_max_wait_seconds: float = Field(
+        default=60, ge=0, description="Longest `wait` that `GET /v1/runs/{run_key}/steps/{step_key}/verdict` "
+        "holds a request open for a step's verdict (a larger `wait` is cut to this).",
+    )  # fmt: skip
+    verdict_poll_seconds: float = Field(
+        default=0.1, gt=0, le=5, description="How often a waiting verdict request looks at the store again.",
+    )  # fmt: skip
     # Celery connector, `evalsvc listen celery` (issue 3, point 4; docs/connectors/celery.md)
     celery_events_broker_url: str | None = Field(
         default=None, description="Broker of the Celery app whose task events `evalsvc listen celery` follows, "
@@ -159,6 +189,33 @@ class Settings(BaseSettings):
         max_length=128,
         description="Project that Inngest webhook events are stored in (created on first use). One "
         "signing key is one Inngest environment, so one project.",
+    )
+    # Celery and Inngest remediation adapters (issue 5, points 4 and 5; docs/remediation-celery.md,
+    # docs/remediation-inngest.md)
+    celery_actions_broker_url: str | None = Field(
+        default=None,
+        description="Broker the Celery adapter re-sends, pauses and revokes tasks through. Unset: the broker "
+        "recorded on the run by `evalsvc listen celery` (`celery.broker`), unless its password was masked.",
+    )
+    celery_control_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=300, description="How long the Celery adapter waits for workers to confirm a "
+        "pause or resume (`cancel_consumer` / `add_consumer`); no reply at all fails the attempt (retried).",
+    )  # fmt: skip
+    inngest_event_key: SecretStr | None = Field(
+        default=None,
+        description="Inngest event key the adapter sends `evalsvc/eval.failed` and `evalsvc/review.decided` "
+        "with. Unset: Inngest actions fail with that reason. The REST API (cancel) uses `EVALSVC_INNGEST_SIGNING_KEY`.",
+    )
+    inngest_event_api_url: str = Field(
+        default="https://inn.gs", description="Base URL of Inngest's event API (`POST {base}/e/{event key}`); the "
+        "Dev Server's is `http://127.0.0.1:8288`.",
+    )  # fmt: skip
+    inngest_api_url: str = Field(
+        default="https://api.inngest.com", description="Base URL of Inngest's REST API (`DELETE {base}/v1/runs/{run "
+        "id}` cancels a run); the Dev Server's is `http://127.0.0.1:8288`.",
+    )  # fmt: skip
+    inngest_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="Timeout of one request to Inngest's event or REST API."
     )
     # OpenTelemetry connector, POST /v1/traces (issue 3, point 1; docs/connectors/otlp.md)
     otlp_group_by: str = Field(
@@ -231,6 +288,15 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         default=None, description="Bearer token that `GET /metrics` requires. Unset: `/metrics` is open to whoever "
         "reaches the port (it shows counts per project name, never step data).",
+    )  # fmt: skip
+    # the CI gate: `evalsvc gate` and `evalsvc baseline` (issue 6; docs/ci.md)
+    gate_fail_on_inconclusive: bool = Field(
+        default=True, description="`evalsvc gate` exits 2 (failing the build) when the verdict is INCONCLUSIVE "
+        "(too few items to show non-inferiority); false: it exits 0 and says the inconclusive verdict was allowed.",
+    )  # fmt: skip
+    gate_run_url: str | None = Field(
+        default=None, description="Link of a run in the gate's Markdown report, with `{run_key}` in it, e.g. "
+        "`https://evalsvc.example.com/ui/runs/{run_key}`. Unset: run keys are shown without links.",
     )  # fmt: skip
 
     @field_validator("metrics_token", mode="before")
