@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     )  # fmt: skip
     host: str = Field(default="127.0.0.1", description="Address `evalsvc serve` listens on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `evalsvc serve` listens on.")
+    # ingest throughput: `evalsvc serve --workers` (issue 3, Done when; bench/README.md)
+    serve_workers: int = Field(
+        default=1, ge=1, le=64, description="HTTP worker processes of `evalsvc serve` (uvicorn workers on one "
+        "port); each runs its own in-process worker, whose claims are in the store.",
+    )  # fmt: skip
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the service and workers."
     )
