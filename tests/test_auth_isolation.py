@@ -22,15 +22,24 @@ def _seed(api: Api) -> int:
     return int(review["id"])
 
 
+# routes that orchestrators call with their own signature instead of a project key
+SIGNED = {("POST", "/v1/webhooks/inngest"): "x-inngest-signature"}
+
+
 def test_every_v1_route_needs_a_key(client: TestClient) -> None:
     routes = _v1_routes(client)
     assert len(routes) >= 10
     for method, path in routes:
-        url = path.replace("{connector}", "json").replace("{run_key}", "r1").replace("{review_id}", "1")
+        url = (
+            path.replace("{connector}", "json")
+            .replace("{run_key}", "r1")
+            .replace("{review_id}", "1")
+            .replace("{step_key}", "s1")
+        )
         for headers in ({}, {"authorization": "Bearer esk_not_a_key"}, {"authorization": "Basic abc"}):
             r = client.request(method, url, headers=headers, json=[])
             assert r.status_code == 401, (method, url, headers, r.text)
-            assert r.json()["field"] == "authorization"
+            assert r.json()["field"] == SIGNED.get((method, path), "authorization")
 
 
 def test_other_project_sees_nothing(api: Api, other_api: Api, client: TestClient) -> None:
@@ -50,6 +59,13 @@ def test_other_project_sees_nothing(api: Api, other_api: Api, client: TestClient
         r = other_api.post(f"/v1/reviews/{review_id}/{verb}", json={"comment": "not mine"})
         assert r.status_code == 404, r.text
     assert api.get("/v1/reviews").json()[0]["status"] == "open"
+    assert other_api.get(f"/v1/reviews/{review_id}").status_code == 404
+    assert other_api.get("/v1/runs/secret-run/steps/extract/verdict").status_code == 404
+    assert other_api.get("/v1/drift/reports").json() == []
+    # SQL sees the caller's project only
+    sql = {"sql": "SELECT count(*) AS n FROM evals"}
+    assert api.post("/v1/query", json=sql).json()["rows"] == [[1]]
+    assert other_api.post("/v1/query", json=sql).json()["rows"] == [[0]]
     # B's writes land in B only
     other_api.ingest([record("secret-run", "extract")])
     assert len(api.get("/v1/runs/secret-run").json()["steps"]) == 1
@@ -60,7 +76,11 @@ def test_other_project_sees_nothing(api: Api, other_api: Api, client: TestClient
     covered = {("GET", "/v1/runs"), ("GET", "/v1/runs/{run_key}"), ("GET", "/v1/evals"), ("GET", "/v1/evaluators"),
                ("POST", "/v1/evaluators"), ("GET", "/v1/actions"), ("GET", "/v1/reviews"),
                ("POST", "/v1/reviews/{review_id}/approve"), ("POST", "/v1/reviews/{review_id}/reject"),
-               ("POST", "/v1/ingest/{connector}")}  # fmt: skip
+               ("POST", "/v1/ingest/{connector}"), ("GET", "/v1/reviews/{review_id}"),
+               ("GET", "/v1/runs/{run_key}/steps/{step_key}/verdict"), ("GET", "/v1/drift/reports"),
+               ("POST", "/v1/query"),
+               # writes whose project is the caller's, covered by their own tests
+               ("POST", "/v1/traces"), ("POST", "/v1/webhooks/inngest")}  # fmt: skip
     assert _v1_routes(client) <= covered, _v1_routes(client) - covered
 
 
