@@ -15,7 +15,7 @@ from evalsvc.settings import Settings, settings_markdown
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
-DOCS = sorted((ROOT / "docs").glob("*.md"))
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
 PAGES = [README, *DOCS]
 
 SHELL_LANGS = {"sh", "bash", "shell", "console"}
