@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from evalsvc.api.main import create_app
 from evalsvc.demo.receiver import WebhookReceiver
 from evalsvc.pipeline.remediate import dispatch_action, due_action_ids
+from evalsvc.pipeline.webhooks import WebhookError, checked_addresses, send_webhook
 from evalsvc.settings import Settings
 from evalsvc.store.db import get_engine
 from evalsvc.store.models import Action, table, utcnow
@@ -130,12 +134,15 @@ evaluators:
 """)
     api.ingest([record("r1", "reply", output=""), record("r2", "reply", output="fine")])
     reviews = api.get("/v1/reviews").json()
-    # "" fails both; "fine" is not blank but is not a JSON object
-    assert sorted((r["evaluator"], r["run_key"]) for r in reviews) == [
-        ("is_json_obj", "r1"), ("is_json_obj", "r2"), ("not_blank", "r1")]  # fmt: skip
-    assert {r["assignee"] for r in reviews if r["evaluator"] == "is_json_obj"} == {"ana"}
+    # "" fails both (one review of the step, naming both); "fine" is not blank but is not a JSON object
+    assert sorted(r["run_key"] for r in reviews) == ["r1", "r2"]
+    assert {r["run_key"]: r["evaluator"] for r in reviews}["r2"] == "is_json_obj"
     actions = api.get("/v1/actions?kind=review").json()
     assert len(actions) == len(reviews) and all(a["status"] == "succeeded" for a in actions)
+    reasons = {a["run_id"]: a["reason"] for a in actions}
+    r1 = next(r for r in reviews if r["run_key"] == "r1")
+    assert reasons[r1["run_id"]] in ("failed: not_blank, is_json_obj", "failed: is_json_obj, not_blank")
+    assert api.get("/v1/actions?kind=review&run_key=r2").json()[0]["reason"] == "failed: is_json_obj"
 
 
 def test_retry_without_an_adapter_is_recorded_not_dropped(api: Api) -> None:
@@ -144,3 +151,95 @@ def test_retry_without_an_adapter_is_recorded_not_dropped(api: Api) -> None:
     (action,) = api.get("/v1/actions").json()
     assert action["kind"] == "retry" and action["status"] == "failed"
     assert "no orchestrator adapter" in action["last_error"] and "'json'" in action["last_error"]
+
+
+class _Hop:
+    """A local HTTP endpoint on ``host`` that either redirects every POST to ``redirect_to`` or
+    records it (a stand-in for a receiver and for a receiver that moved)."""
+
+    def __init__(self, host: str, redirect_to: str | None = None) -> None:
+        self.hits: list[dict[str, str]] = []
+        hop = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                hop.hits.append({k.lower(): v for k, v in self.headers.items()})
+                if hop.redirect_to:
+                    self.send_response(307)
+                    self.send_header("location", hop.redirect_to)
+                else:
+                    self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.redirect_to = redirect_to
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self) -> _Hop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _deliver(settings: Settings, url: str) -> dict[str, Any]:
+    return send_webhook(url=url, payload={"type": "test"}, msg_id="evalsvc-test-1", settings=settings)
+
+
+def test_private_targets_are_refused_at_connect_time_too(settings: Settings) -> None:
+    """A URL saved while private targets were allowed is refused when sent under the strict setting."""
+    strict = settings.model_copy(update={"webhook_allow_private": False, "action_max_attempts": 1})
+    with WebhookReceiver(WEBHOOK_SECRET) as receiver:
+        with TestClient(create_app(settings)) as client:  # allow_private: the URL is accepted when saved
+            Api(client, make_key(settings, "default")).apply(webhook_yaml(receiver.url))
+        with TestClient(create_app(strict)) as client:
+            api = Api(client, make_key(strict, "default"))
+            api.ingest([record("r1", "extract", output={"total": "x"})])
+            (action,) = _wait(lambda: [a for a in api.get("/v1/actions").json() if a["status"] == "failed"])
+    assert receiver.received == [] and receiver.repeats == 0
+    assert action["attempts"] == 1 and "non-public address 127.0.0.1" in action["last_error"]
+
+
+def test_redirects_are_checked_hop_by_hop(settings: Settings) -> None:
+    with _Hop("127.0.0.2") as inner, _Hop("127.0.0.1", redirect_to=inner.url) as outer:
+        only_outer = settings.model_copy(
+            update={"webhook_allow_private": False, "webhook_allow_networks": ["127.0.0.1/32"]}
+        )
+        with pytest.raises(WebhookError, match=r"^redirect refused: 127\.0\.0\.2 resolves to the non-public") as exc:
+            _deliver(only_outer, outer.url)
+        assert exc.value.retryable is False
+        assert len(outer.hits) == 1 and inner.hits == []  # the private hop was never connected to
+
+        both = only_outer.model_copy(update={"webhook_allow_networks": ["127.0.0.0/8"]})
+        answer = _deliver(both, outer.url)
+        assert answer["status_code"] == 200 and answer["redirects"] == [inner.url]
+        (hit,) = inner.hits
+        assert hit["webhook-id"] == "evalsvc-test-1" and hit["host"] == inner.url.split("/")[2]
+
+        loop = settings.model_copy(update={"webhook_max_redirects": 0})
+        with pytest.raises(WebhookError, match="more than 0 redirects"):
+            _deliver(loop, outer.url)
+
+
+def test_names_are_resolved_and_pinned_at_send_time(settings: Settings) -> None:
+    """``localhost`` resolves to loopback: refused unless allowed; when allowed, the connection goes to
+    the checked address while the Host header keeps the name."""
+    with _Hop("127.0.0.1") as hop:
+        url = hop.url.replace("127.0.0.1", "localhost")
+        strict = settings.model_copy(update={"webhook_allow_private": False})
+        with pytest.raises(WebhookError, match="localhost resolves to the non-public address"):
+            _deliver(strict, url)
+        assert hop.hits == []
+        allowed = strict.model_copy(update={"webhook_allow_networks": ["127.0.0.0/8", "::1/128"]})
+        addrs = checked_addresses(url, allow_private=False, allow_networks=allowed.webhook_allow_networks)
+        if str(addrs[0]) != "127.0.0.1":
+            pytest.skip(f"localhost resolves to {addrs[0]} first on this machine; the receiver listens on 127.0.0.1")
+        assert _deliver(allowed, url)["status_code"] == 200
+        assert hop.hits[0]["host"] == f"localhost:{hop.server.server_port}"

@@ -7,8 +7,8 @@
   events when it is a literal that :func:`ast.literal_eval` reads (numbers, strings, lists, dicts…);
   otherwise the action fails, naming the hook. The message carries the action's idempotency key in
   the ``evalsvc_action`` header: after a crash between sending and recording, the hook lets one copy
-  run. ``on_fail.backoff_seconds`` (times ``backoff_multiplier`` per earlier attempt) becomes the
-  countdown; ``max_attempts`` / ``max_retries`` stop it.
+  run. ``max_attempts`` / ``max_retries`` stop it; the delay before a retry
+  (``on_fail.backoff_seconds``) is the pipeline's: the action is dispatched when it is due.
 - **pause**: ``control.cancel_consumer(queue)`` on every worker; **resume** (a review approval):
   ``control.add_consumer(queue)``. The queue is ``on_fail.celery_queue``, else the one recorded on
   the step (``celery.queue`` / ``celery.routing_key`` of ``task-sent``), else the app's default
@@ -152,7 +152,6 @@ class CeleryAdapter:
                 "to record the arguments as JSON",
                 retryable=False,
             ) from None
-        countdown = policy.backoff_seconds * policy.backoff_multiplier ** (attempt - 1)
         options: dict[str, Any] = {}
         queue = ctx.on_fail.get("celery_queue") or step["attributes"].get("celery.queue")
         if isinstance(queue, str) and queue:
@@ -164,7 +163,6 @@ class CeleryAdapter:
             task_id=step["step_key"],
             retries=attempt,
             root_id=ctx.run["run_key"],
-            countdown=countdown or None,
             headers={ACTION_HEADER: ctx.idempotency_key, SEND_HEADER: uuid.uuid4().hex},
             argsrepr=json.dumps(args),
             kwargsrepr=json.dumps(kwargs),
@@ -174,7 +172,6 @@ class CeleryAdapter:
             "task_id": result.id,
             "task": step["name"],
             "attempt": attempt + 1,
-            "countdown": countdown,
             **({"queue": options["queue"]} if options else {}),
         }
 

@@ -99,7 +99,11 @@ def apply_evaluators(
                                field=f"evaluators.{i}.on_fail")  # fmt: skip
         if spec.on_fail.action == "webhook" and spec.on_fail.url:
             try:
-                check_url(spec.on_fail.url, allow_private=settings.webhook_allow_private)
+                check_url(
+                    spec.on_fail.url,
+                    allow_private=settings.webhook_allow_private,
+                    allow_networks=settings.webhook_allow_networks,
+                )
             except InvalidInput as exc:
                 raise InvalidInput(exc.message.split(": ", 1)[-1], field=f"evaluators.{i}.on_fail.url") from None
     rows = session.exec(select(Evaluator).where(Evaluator.project_id == project_id)).all()

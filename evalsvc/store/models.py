@@ -222,6 +222,7 @@ class ReviewItem(SQLModel, table=True):
     step_id: int = _fk("step.id")
     status: str = Field(default="open", max_length=16, index=True)
     assignee: str | None = Field(default=None, max_length=128)
+    queue: str | None = Field(default=None, max_length=128)  # on_fail.queue (migration 0007)
     reviewer: str | None = Field(default=None, max_length=128)
     comment: str | None = None
     human_passed: bool | None = None
@@ -237,4 +238,4 @@ def table(model: type[SQLModel]) -> sa.Table:
 
 # tables of later capabilities, each in its own module; imported here so that the metadata (and
 # the migrations' comparison with it) sees every table
-from . import models_analytics, models_connectors, models_scoring, models_stats  # noqa: E402, F401
+from . import models_analytics, models_connectors, models_gate, models_scoring, models_stats  # noqa: E402, F401

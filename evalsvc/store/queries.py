@@ -20,11 +20,14 @@ __all__ = [
     "ActionPublic",
     "EvalPublic",
     "EvaluatorPublic",
+    "ReviewDetail",
     "ReviewPublic",
     "RunDetail",
     "RunPublic",
     "StepDetail",
+    "get_review_detail",
     "get_run",
+    "human_verdicts",
     "list_actions",
     "list_evals",
     "list_reviews",
@@ -59,6 +62,9 @@ class VerdictPublic(_Public):
     explanation: str | None
     error: str | None
     skip_reason: str | None
+    human_passed: bool | None = Field(
+        default=None, description="A reviewer's own verdict on the failed step, kept beside the scorer's."
+    )
 
 
 class ActionPublic(_Public):
@@ -129,6 +135,7 @@ class ReviewPublic(_Public):
     run_id: int
     step_id: int
     assignee: str | None
+    queue: str | None = None
     reviewer: str | None
     comment: str | None
     human_passed: bool | None
@@ -184,8 +191,12 @@ def get_run(*, session: Session, project_id: int, run_key: str, source: str | No
     results = session.exec(select(EvalResult).where(EvalResult.run_id == run.id)).all()
     actions = session.exec(select(Action).where(Action.run_id == run.id).order_by(col(Action.id))).all()
     by_step: dict[int, list[VerdictPublic]] = {}
+    human = human_verdicts(session=session, step_ids=[s.id or 0 for s in steps])
     for r in results:
-        by_step.setdefault(r.step_id, []).append(VerdictPublic.model_validate(r))
+        v = VerdictPublic.model_validate(r)
+        if r.passed is False and r.step_id in human:
+            v.human_passed = human[r.step_id]
+        by_step.setdefault(r.step_id, []).append(v)
     detail = RunDetail.model_validate(run)
     detail.steps = [
         StepDetail.model_validate(s).model_copy(
@@ -274,8 +285,12 @@ def list_evals(
         q = q.where(col(EvalResult.run_id) == run_id)
     q = q.order_by(col(EvalResult.id).desc()).limit(limit).offset(offset)
     out = []
-    for res, source, run_key, workflow, step_key, step_name, attempt in session.execute(q):
+    rows = list(session.execute(q))
+    human = human_verdicts(session=session, step_ids=[r[0].step_id for r in rows if r[0].passed is False])
+    for res, source, run_key, workflow, step_key, step_name, attempt in rows:
         data = VerdictPublic.model_validate(res).model_dump()
+        if res.passed is False and res.step_id in human:
+            data["human_passed"] = human[res.step_id]
         out.append(
             EvalPublic(
                 **data,
@@ -296,10 +311,28 @@ def list_evals(
     return out
 
 
+def human_verdicts(*, session: Session, step_ids: list[int]) -> dict[int, bool]:
+    """The reviewers' overrides (``human_passed``) of the failed verdicts of these step attempts."""
+    if not step_ids:
+        return {}
+    q = select(ReviewItem.step_id, ReviewItem.human_passed).where(
+        col(ReviewItem.step_id).in_(sorted(set(step_ids))), col(ReviewItem.human_passed).is_not(None)
+    )
+    return {step_id: bool(h) for step_id, h in session.exec(q).all()}
+
+
 def list_actions(
-    *, session: Session, project_id: int, kind: str | None = None, status: str | None = None, limit: int = 100
+    *,
+    session: Session,
+    project_id: int,
+    kind: str | None = None,
+    status: str | None = None,
+    run_id: int | None = None,
+    limit: int = 100,
 ) -> list[ActionPublic]:
     q = select(Action).where(Action.project_id == project_id)
+    if run_id is not None:
+        q = q.where(Action.run_id == run_id)
     if kind:
         q = q.where(Action.kind == kind)
     if status:
@@ -347,6 +380,35 @@ def list_reviews(
             )
         )
     return out
+
+
+class ReviewDetail(ReviewPublic):
+    """A review item with what a reviewer needs: the failed evals of the step attempt, the step's
+    input and output, and the run with its other steps and their verdicts."""
+
+    failed: list[VerdictPublic] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list)
+    step: StepDetail | None = None
+    run: RunDetail | None = None
+
+
+def get_review_detail(*, session: Session, project_id: int, review_id: int) -> ReviewDetail:
+    found = list_reviews(session=session, project_id=project_id, status=None, review_id=review_id)
+    if not found:
+        raise NotFound(f"no review item {review_id}", field="review_id")
+    pub = found[0]
+    run = session.get(Run, pub.run_id)
+    assert run is not None
+    detail = get_run(session=session, project_id=project_id, run_key=run.run_key, source=run.source)
+    step = next((s for s in detail.steps if s.id == pub.step_id), None)
+    actions = [a for a in detail.actions if a.step_id == pub.step_id and a.kind == "review"]
+    return ReviewDetail(
+        **pub.model_dump(),
+        failed=[v for v in (step.verdicts if step else []) if v.passed is False],
+        reasons=[a.reason for a in actions if a.reason],
+        step=step,
+        run=detail,
+    )
 
 
 def get_review(*, session: Session, project_id: int, review_id: int) -> ReviewItem:

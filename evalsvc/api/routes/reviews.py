@@ -1,4 +1,8 @@
-"""The review queue: list open items; approve or reject one with a comment."""
+"""The review queue: list open items, show one with its context, approve or reject it with a comment.
+
+``GET /v1/reviews/{id}`` shows the failed evals, the step's input and output and the run's other
+steps and verdicts; a decision may carry ``human_passed``, the reviewer's own verdict.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from sqlalchemy.engine import Engine
 from evalsvc.pipeline.reviews import decide_review
 from evalsvc.store.db import write_session
 from evalsvc.store.models import Project
-from evalsvc.store.queries import ReviewPublic, list_reviews
+from evalsvc.store.queries import ReviewDetail, ReviewPublic, get_review_detail, list_reviews
 from evalsvc.worker import Runner
 
 from ..deps import EngineDep, ProjectDep, RunnerDep, SessionDep
@@ -31,11 +35,19 @@ def reviews(
     project: ProjectDep,
     session: SessionDep,
     status: Literal["open", "approved", "rejected", "all"] = "open",
+    queue: str | None = Query(default=None, description="Only items of this review queue."),
+    assignee: str | None = Query(default=None, description="Only items assigned to this person."),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> list[ReviewPublic]:
-    return list_reviews(
+    items = list_reviews(
         session=session, project_id=project.id or 0, status=None if status == "all" else status, limit=limit
     )
+    return [i for i in items if (queue is None or i.queue == queue) and (assignee is None or i.assignee == assignee)]
+
+
+@router.get("/reviews/{review_id}", response_model=ReviewDetail)
+def review(review_id: int, project: ProjectDep, session: SessionDep) -> ReviewDetail:
+    return get_review_detail(session=session, project_id=project.id or 0, review_id=review_id)
 
 
 def _decide(

@@ -6,7 +6,15 @@ from datetime import datetime
 
 from fastapi import APIRouter, Query
 
-from evalsvc.store.queries import ActionPublic, RunDetail, RunPublic, get_run, list_actions, list_runs
+from evalsvc.store.queries import (
+    ActionPublic,
+    RunDetail,
+    RunPublic,
+    get_run,
+    list_actions,
+    list_runs,
+    resolve_run,
+)
 
 from ..deps import ProjectDep, SessionDep
 
@@ -47,6 +55,13 @@ def actions(
     session: SessionDep,
     kind: str | None = None,
     status: str | None = None,
+    run_key: str | None = Query(default=None, description="Only actions on this run."),
+    source: str | None = Query(default=None, description="The run's source, where its key is ambiguous."),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> list[ActionPublic]:
-    return list_actions(session=session, project_id=project.id or 0, kind=kind, status=status, limit=limit)
+    run_id = None
+    if run_key is not None:
+        run_id = resolve_run(session=session, project_id=project.id or 0, run_key=run_key, source=source).id
+    return list_actions(
+        session=session, project_id=project.id or 0, kind=kind, status=status, run_id=run_id, limit=limit
+    )
