@@ -35,19 +35,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-from ingest import DEFAULT_PG_URL, _evalsvc_exe, _free_port, _status_kb, cli, service_env
+from ingest import DEFAULT_PG_URL, _cpu_seconds, _evalsvc_exe, _free_port, _rss_mb, cli, service_env
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from connectors.otlp import OtlpConnector
 
 TARGET_SPANS_PER_S = 11_000
 TARGET_RSS_MB = 400
+WAY_OPTIONS = {"OTLP protobuf": "protobuf", "OTLP JSON": "json", "generic JSON": "generic"}
 REDIS_URL = "redis://127.0.0.1:6379/12"
 BASE_NS = 1_795_000_000_000_000_000
 
@@ -226,12 +228,6 @@ class Way:
     pending: int = 0
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _wait_healthy(client: httpx.Client, server: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     while True:
@@ -265,6 +261,20 @@ def _counts(home: Path, database_url: str | None) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _post(client: httpx.Client, path: str, body: bytes, headers: dict[str, str]) -> None:
+    resp = client.post(path, content=body, headers=headers)
+    if resp.status_code != 200:
+        raise RuntimeError(f"{path} answered {resp.status_code}: {resp.text[:500]}")
+    if path == "/v1/traces" and resp.content not in (b"", b"{}"):
+        raise RuntimeError(f"{path} rejected spans: {resp.content[:500]!r}")
+
+
+def _post_all(port: int, path: str, bodies: list[bytes], headers: dict[str, str]) -> None:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
+        for body in bodies:
+            _post(client, path, body, headers)
+
+
 def run_store(store: str, database_url: str | None, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     home = workdir / f"{store}-home"
     home.mkdir(parents=True)
@@ -274,6 +284,7 @@ def run_store(store: str, database_url: str | None, args: argparse.Namespace, wo
     ways = [Way("OTLP protobuf", "/v1/traces", "application/x-protobuf"),
             Way("OTLP JSON", "/v1/traces", "application/json"),
             Way("generic JSON", "/v1/ingest/json", "application/json")]  # fmt: skip
+    ways = [w for w in ways if WAY_OPTIONS[w.name] in args.ways.split(",")]
     keys = {}
     (home / "evalsvc.yaml").write_text(EVALUATORS_YAML)
     for w in ways:
@@ -283,35 +294,44 @@ def run_store(store: str, database_url: str | None, args: argparse.Namespace, wo
     print(f"[{store}] encoding {args.spans:,} spans three ways ...", flush=True)
     for start in range(0, args.spans, args.batch):
         doc = make_export(start, min(args.batch, args.spans - start))
-        ways[0].bodies.append(to_protobuf(doc).SerializeToString())
-        ways[1].bodies.append(orjson.dumps(doc))
-        ways[2].bodies.append(orjson.dumps(generic_records(doc)))
+        for w in ways:
+            if w.name == "OTLP protobuf":
+                w.bodies.append(to_protobuf(doc).SerializeToString())
+            elif w.name == "OTLP JSON":
+                w.bodies.append(orjson.dumps(doc))
+            else:
+                w.bodies.append(orjson.dumps(generic_records(doc)))
     port = _free_port()
-    server = subprocess.Popen([_evalsvc_exe(), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
+    server = subprocess.Popen([_evalsvc_exe(), "serve", "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", str(args.workers)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     result: dict[str, Any] = {"store": store}
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
             _wait_healthy(client, server)
-            time.sleep(1.0)
-            result["idle_rss_mb"] = _status_kb(server.pid, "VmRSS") / 1024
+            time.sleep(1.0 + args.workers)  # every worker process up
+            result["idle_rss_mb"] = _rss_mb(server.pid, "VmRSS")
             for w in ways:
                 print(f"[{store}] {w.name}: {args.spans:,} spans ...", flush=True)
                 headers = {"authorization": f"Bearer {keys[w.name]}", "content-type": w.content_type}
                 cpu0 = _cpu_seconds(server.pid)
-                for body in w.bodies:
+                if args.clients == 1:
+                    for body in w.bodies:
+                        t0 = time.perf_counter()
+                        _post(client, w.path, body, headers)
+                        w.seconds += time.perf_counter() - t0
+                else:  # the batches dealt round-robin to concurrent clients; the clock is the whole span
                     t0 = time.perf_counter()
-                    resp = client.post(w.path, content=body, headers=headers)
-                    w.seconds += time.perf_counter() - t0
-                    if resp.status_code != 200:
-                        raise RuntimeError(f"{w.path} answered {resp.status_code}: {resp.text[:500]}")
-                    if w.path == "/v1/traces" and resp.content not in (b"", b"{}"):
-                        raise RuntimeError(f"{w.path} rejected spans: {resp.content[:500]!r}")
+                    with ThreadPoolExecutor(args.clients) as pool:
+                        parts = [w.bodies[n :: args.clients] for n in range(args.clients)]
+                        list(pool.map(_post_all, [port] * len(parts), [w.path] * len(parts), parts,
+                                      [headers] * len(parts)))  # fmt: skip
+                    w.seconds = time.perf_counter() - t0
                 w.cpu_seconds = _cpu_seconds(server.pid) - cpu0
                 w.spans = args.spans
                 w.bodies = []
-                result[f"rss_after_{w.name}"] = _status_kb(server.pid, "VmHWM") / 1024
-            result["peak_rss_mb"] = _status_kb(server.pid, "VmHWM") / 1024
+                result[f"rss_after_{w.name}"] = _rss_mb(server.pid, "VmHWM")
+            result["peak_rss_mb"] = _rss_mb(server.pid, "VmHWM")
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -334,7 +354,8 @@ def run_store(store: str, database_url: str | None, args: argparse.Namespace, wo
 
 def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print()
-    print(f"{args.spans:,} spans per way, batches of {args.batch}, runner {args.runner}, 3 evaluators active")
+    print(f"{args.spans:,} spans per way, batches of {args.batch}, runner {args.runner}, 3 evaluators active, "
+          f"serve --workers {args.workers}, {args.clients} client(s)")  # fmt: skip
     print("| store | way | spans/s (wall) | spans per CPU second of serve | evaluations scheduled | target |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in results:
@@ -343,8 +364,9 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None
             per_cpu = w.spans / w.cpu_seconds if w.cpu_seconds else 0.0
             target = f">= {TARGET_SPANS_PER_S:,}" if w.name == "OTLP protobuf" else ""
             print(f"| {r['store']} | {w.name} | {rate:,.0f} | {per_cpu:,.0f} | {w.pending:,} | {target} |")
-        print(f"| {r['store']} | serve RSS | {r['idle_rss_mb']:.0f} MB idle; peak after OTLP protobuf "
-              f"{r['rss_after_OTLP protobuf']:.0f} MB, after all three {r['peak_rss_mb']:.0f} MB | | | "
+        first = r["ways"][0].name
+        print(f"| {r['store']} | serve RSS (all processes) | {r['idle_rss_mb']:.0f} MB idle; peak after {first} "
+              f"{r['rss_after_' + first]:.0f} MB, after all {r['peak_rss_mb']:.0f} MB | | | "
               f"< {TARGET_RSS_MB} MB |")  # fmt: skip
     print(
         f"calibration: a 10,000,000-step Python loop took {_calibrate():.2f} s here (load average "
@@ -367,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=("sqlite", "postgres", "both"), default="sqlite")
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="admin URL; the bench creates and drops a database")
     parser.add_argument("--runner", choices=("celery", "inprocess"), default="celery")
+    parser.add_argument("--ways", default="protobuf,json,generic", help="which ways, comma-separated (default all)")
+    parser.add_argument("--workers", type=int, default=1, help="`serve --workers N`: HTTP worker processes (default 1)")
+    parser.add_argument("--clients", type=int, default=1, help="concurrent clients posting the batches (default 1)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="evalsvc-bench-otlp-"))
     results = []

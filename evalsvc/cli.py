@@ -133,7 +133,7 @@ def ingest_file(ctx: Ctx, file: Path, *, connector: str, chunk: int) -> Any:
     from evalsvc.pipeline.ingest import IngestReport, ingest_batch
     from evalsvc.pipeline.schedule import load_active_evaluators
 
-    conn = get_connector(connector)
+    conn = get_connector(connector, ctx.settings)
     chunk = max(1, min(chunk, ctx.settings.max_batch_records))
     total = file.stat().st_size if file.exists() else 0
     report = IngestReport()
@@ -330,20 +330,52 @@ def evals_list(
     out.emit(console, rows, as_json, out.evals_table)
 
 
+@evals_app.command("estimate")
+def evals_estimate(
+    evaluator: Annotated[str, typer.Argument(help="The evaluator's name (a sampled LLM judge, typically).")],
+    project: ProjectOpt = "default",
+    days: Annotated[int, typer.Option(min=1, help="Use the verdicts of the last N days.")] = 7,
+    as_json: JsonOpt = False,
+) -> None:
+    """The failure rate of an evaluator's steps estimated from its sampled, weighted verdicts, with
+    its 95% interval, and today's judge calls, dollars and skips over budget (docs/judges.md).
+    Example: `evalsvc evals estimate faithfulness --days 1`."""
+    from evalsvc.pipeline.judging import estimate_failure_rate, usage_today
+
+    ctx = Ctx(project)
+    with ctx.session() as session:
+        est = estimate_failure_rate(session=session, project_id=ctx.project_id, evaluator=evaluator, days=days)
+        usage = usage_today(session=session, project_id=ctx.project_id, evaluator=evaluator)
+    if as_json:
+        console.print_json(data={"evaluator": evaluator, "days": days, **est.as_dict(), "today": usage})
+        return
+    console.print(f"{evaluator}: {est}")
+    ev, pj = usage["evaluator"], usage["project"]
+    console.print(f"today: {ev['calls']} judge calls, ${ev['dollars']:.4f}, {ev['over_budget']} skipped over budget "
+                  f"(all judges of the project: {pj['calls']} calls, ${pj['dollars']:.4f}, {pj['over_budget']} skipped)")  # fmt: skip
+
+
 @actions_app.command("list")
 def actions_list(
     project: ProjectOpt = "default",
     kind: str | None = None,
     status: str | None = None,
+    run: Annotated[str | None, typer.Option(help="Only actions on this run (its run key).")] = None,
+    source: Annotated[str | None, typer.Option(help="The run's source, where its key is ambiguous.")] = None,
     limit: int = 50,
     as_json: JsonOpt = False,
 ) -> None:
-    """Actions evalsvc took: what, when, why, and with what result."""
-    from evalsvc.store.queries import list_actions
+    """Actions evalsvc took: what, when, why, and with what result (`--json` adds the timestamps)."""
+    from evalsvc.store.queries import list_actions, resolve_run
 
     ctx = Ctx(project)
     with ctx.session() as session:
-        rows = list_actions(session=session, project_id=ctx.project_id, kind=kind, status=status, limit=limit)
+        run_id = None
+        if run is not None:
+            run_id = resolve_run(session=session, project_id=ctx.project_id, run_key=run, source=source).id
+        rows = list_actions(
+            session=session, project_id=ctx.project_id, kind=kind, status=status, run_id=run_id, limit=limit
+        )
     out.emit(console, rows, as_json, out.actions_table)
 
 
@@ -359,6 +391,30 @@ def review_list(project: ProjectOpt = "default", status: str = "open", as_json: 
     with ctx.session() as session:
         rows = list_reviews(session=session, project_id=ctx.project_id, status=None if status == "all" else status)
     out.emit(console, rows, as_json, out.reviews_table)
+
+
+@review_app.command("show")
+def review_show(review_id: int, project: ProjectOpt = "default", as_json: JsonOpt = False) -> None:
+    """One review item: the failed evals, the step's input and output, the run's other steps."""
+    import orjson
+
+    from evalsvc.store.queries import get_review_detail
+
+    ctx = Ctx(project)
+    with ctx.session() as session:
+        item = get_review_detail(session=session, project_id=ctx.project_id, review_id=review_id)
+    if as_json:
+        console.print_json(item.model_dump_json())
+        return
+    console.print(f"[bold]review {item.id}[/bold] {item.status} (assignee {item.assignee or '-'}, "
+                  f"queue {item.queue or '-'}); {'; '.join(item.reasons) or '-'}")  # fmt: skip
+    for v in item.failed:
+        console.print(f"  failed {v.evaluator}: {v.explanation or '-'}", markup=False)
+    if item.step is not None:
+        console.print(f"  input:  {orjson.dumps(item.step.input).decode()[:500]}", markup=False)
+        console.print(f"  output: {orjson.dumps(item.step.output).decode()[:500]}", markup=False)
+    if item.run is not None:
+        out.print_run(console, item.run)
 
 
 def _decide(
@@ -451,22 +507,36 @@ def keys_revoke(prefix: str, project: ProjectOpt = "default") -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Address (default EVALSVC_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default EVALSVC_PORT).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, max=64, help="HTTP worker processes (default EVALSVC_SERVE_WORKERS, 1).")
+    ] = None,
 ) -> None:
     """Run the HTTP API (and, without a broker, the in-process worker)."""
     import uvicorn
 
-    from evalsvc.api.main import create_app
     from evalsvc.logging import configure_logging
 
     settings = Settings()
     configure_logging(settings, service=True)
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
-        port=port if port is not None else settings.port,
-        log_config=None,
-        access_log=False,
-    )
+    n = workers if workers is not None else settings.serve_workers
+    bind_host, bind_port = host or settings.host, port if port is not None else settings.port
+    if n == 1:
+        from evalsvc.api.main import create_app
+
+        uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_config=None, access_log=False)
+        return
+    # N worker processes: the store is migrated once, in a short-lived process (the supervisor
+    # stays small), before they start and find the schema current
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from evalsvc.api.factory import migrate_store; migrate_store()"],
+                          check=False)  # fmt: skip
+    if done.returncode != 0:
+        err.print("[red]error[/red] migrating the store failed (see above)")
+        raise typer.Exit(1)
+    uvicorn.run("evalsvc.api.factory:worker_app", factory=True, workers=n, host=bind_host, port=bind_port,
+                log_config=None, access_log=False)  # fmt: skip
 
 
 @app.command()
@@ -505,7 +575,11 @@ def demo(
 
 
 # commands of the connectors, statistics and analytics live in their own modules
-from . import cli_drift, cli_listen, cli_pull, cli_query  # noqa: E402, F401
+from . import cli_drift, cli_gate, cli_listen, cli_pull, cli_query  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # run the imported module's app: the cli_* modules register their commands on evalsvc.cli.app,
+    # not on this __main__ copy
+    from evalsvc.cli import main as _main
+
+    _main()

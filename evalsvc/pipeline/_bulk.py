@@ -8,7 +8,9 @@ connection's own transaction.
 
 from __future__ import annotations
 
+import fcntl
 import gc
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +32,7 @@ __all__ = [
     "key_match",
     "pg_ts",
     "sqlite_ts",
+    "writer_turn",
 ]
 
 
@@ -67,6 +70,8 @@ def sqlite_ts(value: datetime | None) -> str | None:
     """A timestamp as UTCDateTime stores it on SQLite: naive UTC text, microseconds."""
     if value is None:
         return None
+    if value.tzinfo is UTC:  # the usual case: one C call, the "+00:00" cut
+        return value.isoformat(" ", "microseconds")[:26]
     # "YYYY-MM-DD HH:MM:SS.ffffff", then the offset of an aware value
     text = value.isoformat(" ", "microseconds")
     if len(text) == 26:
@@ -141,6 +146,26 @@ def insert_returning(
         cur.executemany(sql, rows)
         got: list[tuple[Any, ...]] = cur.execute(f"SELECT {cols} FROM {table_name} WHERE id > ?", (before,)).fetchall()
         return got if len(got) == len(rows) else None
+
+
+@contextmanager
+def writer_turn(engine: sa.Engine) -> Iterator[None]:
+    """On a SQLite file, wait for this writer's turn on a file lock beside the database
+    (``evalsvc.db.ingest-lock``) before ``BEGIN IMMEDIATE``.
+
+    Several ingest writers (threads of one ``serve``, or ``serve --workers N`` processes) then queue
+    in the kernel and each starts the moment the previous one is done, where SQLite's own busy
+    handler would have them poll with sleeps of up to 100 ms. Other stores: nothing to do."""
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:" or path.startswith("file:"):
+        yield
+        return
+    fd = os.open(f"{path}.ingest-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 _gc_lock = threading.Lock()

@@ -29,11 +29,10 @@ from pydantic import ValidationError
 from sqlmodel import Session
 
 from evalsvc.schemas import TERMINAL_STEP_STATUSES, StepRecord, StepStatus, step_status_rank
-from evalsvc.store.db import json_dumps
 from evalsvc.store.models import Step, table, utcnow
 from evalsvc.store.sql import chunks
 
-from ._bulk import dbapi, gc_paused, insert_returning, json_text, key_match, pg_ts, sqlite_ts
+from ._bulk import dbapi, gc_paused, insert_returning, key_match, pg_ts, sqlite_ts, writer_turn
 from .runs import NaturalKey, RunInfo, refresh_runs, upsert_runs
 from .schedule import ActiveEvaluator, ScheduledStep, load_active_evaluators, schedule_evals
 
@@ -347,11 +346,14 @@ def _write_steps(
         _, sqlite = dbapi(session)
         ts = sqlite_ts if sqlite else pg_ts
         stamp = ts(now)
-        rows = []
+        rows: list[tuple[Any, ...]] = []
+        append = rows.append
+        dumps, opt = orjson.dumps, orjson.OPT_NON_STR_KEYS  # what json_dumps does, without its call
         for (run_id, step_key, attempt), p in inserts:
             get = p.get
             started, ended = get("started_at"), get("ended_at")
-            rows.append(
+            inp, out, expected, error = get("input"), get("output"), get("expected"), get("error")
+            append(
                 (
                     project_id,
                     run_id,
@@ -360,19 +362,19 @@ def _write_steps(
                     get("name") or step_key,
                     get("kind") or "step",
                     get("status"),
-                    ts(started),
-                    ts(ended),
-                    json_text(get("input")),
-                    json_text(get("output")),
-                    json_text(get("expected")),
-                    json_text(get("error")),
+                    None if started is None else ts(started),
+                    None if ended is None else ts(ended),
+                    None if inp is None else dumps(inp, option=opt).decode(),
+                    None if out is None else dumps(out, option=opt).decode(),
+                    None if expected is None else dumps(expected, option=opt).decode(),
+                    None if error is None else dumps(error, option=opt).decode(),
                     get("parent_step_key"),
                     get("model"),
                     get("input_tokens"),
                     get("output_tokens"),
                     get("cost_usd"),
                     None if started is None or ended is None else (ended - started).total_seconds() * 1000.0,
-                    json_dumps(get("attributes") or {}),
+                    dumps(get("attributes") or {}, option=opt).decode(),
                     stamp,
                     stamp,
                 )
@@ -429,7 +431,7 @@ def ingest_batch(
         good = [(raw_index[i], rec) for i, rec in good] + ready
         for b in bad:
             b.index = raw_index[b.index]
-        with write_session(engine) as session:
+        with writer_turn(engine), write_session(engine) as session:
             report = ingest_records(session=session, project_id=project_id, records=good, evaluators=evaluators)
         if bad or ready:  # otherwise the answers are in input order already
             report.items.extend(bad)

@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -184,24 +185,44 @@ def upsert_runs(
     return infos
 
 
-def refresh_runs(*, session: Session, run_ids: list[int], now: datetime) -> None:
-    """Recompute each touched run's start, end and (unless the source said) status from its steps."""
+@lru_cache(maxsize=1)
+def _refresh_statements() -> tuple[Any, Any, Any]:
+    """The statements of :func:`refresh_runs`, built once (with an expanding list of run ids, so
+    that SQLAlchemy compiles each once too): building them per batch cost more than running them."""
     t = table(Step)
     r = table(Run)
+    ids: Any = sa.bindparam("ids", expanding=True)
+    latest = (
+        sa.select(t.c.run_id, t.c.step_key, sa.func.max(t.c.attempt).label("attempt"))
+        .where(t.c.run_id.in_(ids))
+        .group_by(t.c.run_id, t.c.step_key)
+        .subquery()
+    )
+    last = sa.select(t.c.run_id, t.c.status, t.c.started_at, t.c.ended_at).join(
+        latest,
+        sa.and_(t.c.run_id == latest.c.run_id, t.c.step_key == latest.c.step_key, t.c.attempt == latest.c.attempt),
+    )
+    first = sa.select(t.c.run_id, sa.func.min(t.c.started_at)).where(t.c.run_id.in_(ids)).group_by(t.c.run_id)
+    update = (
+        sa.update(r)
+        .where(r.c.id == sa.bindparam("b_id"))
+        .values(
+            started_at=sa.bindparam("started_at"),
+            ended_at=sa.bindparam("ended_at"),
+            updated_at=sa.bindparam("updated_at"),
+            status=sa.case((r.c.status_from_source == sa.true(), r.c.status), else_=sa.bindparam("derived")),
+        )
+    )
+    return last, first, update
+
+
+def refresh_runs(*, session: Session, run_ids: list[int], now: datetime) -> None:
+    """Recompute each touched run's start, end and (unless the source said) status from its steps."""
+    last, first_start, update = _refresh_statements()
     updates: list[dict[str, Any]] = []
     for part in chunks(run_ids, 500):
-        latest = (
-            sa.select(t.c.run_id, t.c.step_key, sa.func.max(t.c.attempt).label("attempt"))
-            .where(t.c.run_id.in_(part))
-            .group_by(t.c.run_id, t.c.step_key)
-            .subquery()
-        )
-        q = sa.select(t.c.run_id, t.c.status, t.c.started_at, t.c.ended_at).join(
-            latest,
-            sa.and_(t.c.run_id == latest.c.run_id, t.c.step_key == latest.c.step_key, t.c.attempt == latest.c.attempt),
-        )
         agg: dict[int, dict[str, Any]] = {}
-        for run_id, status, started, ended in session.execute(q):
+        for run_id, status, started, ended in session.execute(last, {"ids": part}):
             a = agg.setdefault(run_id, {"statuses": set(), "start": None, "end": None})
             a["statuses"].add(status)
             if started and (a["start"] is None or started < a["start"]):
@@ -209,9 +230,7 @@ def refresh_runs(*, session: Session, run_ids: list[int], now: datetime) -> None
             if ended and (a["end"] is None or ended > a["end"]):
                 a["end"] = ended
         # earliest start over all attempts, not just the latest
-        for run_id, first in session.execute(
-            sa.select(t.c.run_id, sa.func.min(t.c.started_at)).where(t.c.run_id.in_(part)).group_by(t.c.run_id)
-        ):
+        for run_id, first in session.execute(first_start, {"ids": part}):
             if first is not None and run_id in agg:
                 agg[run_id]["start"] = _aware(first)
         for run_id, a in agg.items():
@@ -228,17 +247,7 @@ def refresh_runs(*, session: Session, run_ids: list[int], now: datetime) -> None
                 {"b_id": run_id, "started_at": a["start"], "ended_at": a["end"], "derived": derived, "updated_at": now}
             )
     if updates:
-        stmt = (
-            sa.update(r)
-            .where(r.c.id == sa.bindparam("b_id"))
-            .values(
-                started_at=sa.bindparam("started_at"),
-                ended_at=sa.bindparam("ended_at"),
-                updated_at=sa.bindparam("updated_at"),
-                status=sa.case((r.c.status_from_source == sa.true(), r.c.status), else_=sa.bindparam("derived")),
-            )
-        )
-        session.connection().execute(stmt, updates)
+        session.connection().execute(update, updates)
 
 
 def _run_aggregates(

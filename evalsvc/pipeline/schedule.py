@@ -25,8 +25,9 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from evalsvc.schemas import EvalStatus, EvaluatorSpec, Target
 from evalsvc.store.models import Evaluator, table, utcnow
@@ -72,13 +73,33 @@ class ScheduledStep:
 
 
 def load_active_evaluators(*, session: Session, project_id: int) -> list[ActiveEvaluator]:
-    rows = session.exec(
-        select(Evaluator).where(Evaluator.project_id == project_id, Evaluator.active == sa.true())
-    ).all()
-    return [
-        ActiveEvaluator(id=r.id or 0, name=r.name, version=r.version, spec=EvaluatorSpec.model_validate(r.definition))
-        for r in rows
-    ]
+    rows = session.execute(_active_query(), {"p": project_id}).all()
+    return [ActiveEvaluator(id=r.id or 0, name=r.name, version=r.version, spec=_spec(r.version, r.definition))
+            for r in rows]  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def _active_query() -> Any:
+    """Built once (ingest loads the active evaluators on every batch)."""
+    t = table(Evaluator)
+    return sa.select(t.c.id, t.c.name, t.c.version, t.c.definition).where(
+        t.c.project_id == sa.bindparam("p"), t.c.active == sa.true()
+    ).order_by(t.c.id)
+
+
+_SPECS: dict[tuple[str, str], EvaluatorSpec] = {}
+
+
+def _spec(version: str, definition: Any) -> EvaluatorSpec:
+    """The validated spec of a stored definition; the version is a hash of the definition, so a
+    (version, definition text) pair is validated once per process."""
+    key = (version, orjson.dumps(definition, option=orjson.OPT_SORT_KEYS).decode())
+    spec = _SPECS.get(key)
+    if spec is None:
+        if len(_SPECS) > 4096:
+            _SPECS.clear()
+        spec = _SPECS[key] = EvaluatorSpec.model_validate(definition)
+    return spec
 
 
 def _glob(pattern: str | None, value: str | None) -> bool:

@@ -101,7 +101,8 @@ class CeleryRunner:
 
     def submit_scores(self, ids: Sequence[int]) -> None:
         for part in chunks(list(ids), self.settings.score_batch_size):
-            self.app.send_task("evalsvc.score_results", args=[list(part)])
+            # argsrepr: Celery would otherwise build a safe repr of the whole id list per message
+            self.app.send_task("evalsvc.score_results", args=[list(part)], argsrepr=f"[<{len(part)} result ids>]")
 
     def submit_actions(self, ids: Sequence[int]) -> None:
         for aid in ids:
