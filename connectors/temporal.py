@@ -37,7 +37,15 @@ from evalsvc.errors import PayloadRejected
 
 from .base import register
 
-__all__ = ["TemporalConnector", "close_status", "decode_payloads", "enum_name", "history_to_steps", "parse_time"]
+__all__ = [
+    "HELPER_ACTIVITY_ID",
+    "TemporalConnector",
+    "close_status",
+    "decode_payloads",
+    "enum_name",
+    "history_to_steps",
+    "parse_time",
+]
 
 SOURCE = "temporal"
 # close event (normalised name) of a workflow -> (evalsvc run status, Temporal's status)
@@ -75,6 +83,8 @@ _FAILURE_KINDS = {
     "childWorkflowExecutionFailureInfo": "ChildWorkflowError",
     "nexusOperationExecutionFailureInfo": "NexusOperationError",
 }
+# the activity id evalsvc's workflow helper gives each run of a step: evalsvc:<step number>:<run number>
+HELPER_ACTIVITY_ID = re.compile(r"evalsvc:([^:]+):(\d+)")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _PLAIN_ENCODINGS = {"json/plain", "binary/null", "binary/plain", "json/protobuf", "binary/protobuf"}
 
@@ -310,26 +320,48 @@ def _activities(events: list[_Event], pending: Mapping[Any, Any], closed_run: st
             started[sched] = e
         elif e.type in _ACTIVITY_CLOSE:
             closed[sched] = e
+
+    def attempt_info(e: _Event) -> tuple[int, Any, Any]:
+        """Temporal's attempt of a scheduled activity, its last failure, and its pending info."""
+        start = started.get(e.id)
+        info = pending.get(e.attrs.get("activityId")) if e.id not in closed else None
+        source = start.attrs if start else info or {}
+        return _int(source.get("attempt")) or 1, source.get("lastFailure"), info
+
+    # re-runs of one helper step (activity id evalsvc:<n>:<run>): one step key, attempts counted on
+    reruns: dict[int, tuple[str, int, int]] = {}  # scheduled event id -> (step key, re-run, attempts before)
+    groups: dict[str, tuple[str, int, int]] = {}
+    for e in events:
+        if e.type != "ACTIVITY_TASK_SCHEDULED":
+            continue
+        m = HELPER_ACTIVITY_ID.fullmatch(str(e.attrs.get("activityId") or ""))
+        if m is None:
+            continue
+        key, n, used = groups.get(m.group(1), (f"activity:{e.id}", 0, 0))
+        reruns[e.id] = (key, n + 1, used)
+        groups[m.group(1)] = (key, n + 1, used + attempt_info(e)[0])
     out: list[dict[str, Any]] = []
     for e in events:
         if e.type != "ACTIVITY_TASK_SCHEDULED":
             continue
         a = e.attrs
         start, end = started.get(e.id), closed.get(e.id)
-        info = pending.get(a.get("activityId")) if end is None else None
-        attempt = _int((start.attrs if start else info or {}).get("attempt")) or 1
-        last_failure = (start.attrs if start else info or {}).get("lastFailure")
+        temporal_attempt, last_failure, info = attempt_info(e)
+        step_key, rerun, offset = reruns.get(e.id, (f"activity:{e.id}", 0, 0))
+        attempt = offset + temporal_attempt
         attributes: dict[str, Any] = {
             "event_id": e.id,
             "activity_id": a.get("activityId"),
             "task_queue": (a.get("taskQueue") or {}).get("name"),
             "reset_event_id": _int(a.get("workflowTaskCompletedEventId")),
         }
+        if rerun:
+            attributes.update(rerun=rerun, temporal_attempt=temporal_attempt)
         max_attempts = _int((a.get("retryPolicy") or {}).get("maximumAttempts"))
         if max_attempts:
             attributes["max_attempts"] = max_attempts
         rec: dict[str, Any] = {
-            "step_key": f"activity:{e.id}",
+            "step_key": step_key,
             "name": (a.get("activityType") or {}).get("name") or f"activity:{e.id}",
             "kind": "activity",
             "input": decode_payloads(a.get("input")),
@@ -365,7 +397,7 @@ def _activities(events: list[_Event], pending: Mapping[Any, Any], closed_run: st
         rec["attributes"] = attributes
         out.append(rec)
         previous = _failure(last_failure)
-        if attempt > 1 and previous is not None:
+        if temporal_attempt > 1 and previous is not None:
             # Temporal keeps the failure of the attempt before the last one, nothing older
             out.append({
                 "step_key": rec["step_key"], "name": rec["name"], "kind": "activity", "input": rec["input"],
@@ -373,6 +405,7 @@ def _activities(events: list[_Event], pending: Mapping[Any, Any], closed_run: st
                 "status": "timed_out" if previous["type"] == "TimeoutError" else "failed",
                 "error": previous,
                 "attributes": {**{k: attributes[k] for k in ("event_id", "activity_id", "task_queue")},
+                               **({"rerun": rerun, "temporal_attempt": temporal_attempt - 1} if rerun else {}),
                                "from_last_failure": True},
             })  # fmt: skip
     return out

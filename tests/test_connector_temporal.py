@@ -337,3 +337,67 @@ def test_http_ingest_histories_with_verdicts(api: Any) -> None:
     assert api.post("/v1/ingest/temporal", json=docs).json()["duplicate"] == 3
     bad = api.post("/v1/ingest/temporal", json={"history": {"events": [{"eventType": "ActivityTaskScheduled"}]}})
     assert bad.status_code == 422 and bad.json()["field"] == "events.0.eventId", bad.text
+
+
+def _event(event_id: int, kind: str, **attrs: Any) -> dict[str, Any]:
+    name = kind[0].lower() + kind[1:]
+    return {"eventId": str(event_id), "eventTime": f"2026-01-01T00:00:{event_id:02d}Z", "eventType": kind,
+            f"{name}EventAttributes": attrs}  # fmt: skip
+
+
+def _json(value: Any) -> dict[str, Any]:
+    enc = base64.b64encode(b"json/plain").decode()
+    return {
+        "payloads": [{"metadata": {"encoding": enc}, "data": base64.b64encode(json.dumps(value).encode()).decode()}]
+    }
+
+
+def _run_of(event_id: int, activity_id: str, attempt: int, result: Any | None) -> list[dict[str, Any]]:
+    """An activity scheduled at ``event_id``, started at ``attempt``; completed with ``result`` (None: open)."""
+    failure = {"message": "429", "applicationFailureInfo": {"type": "RateLimitError"}} if attempt > 1 else None
+    events = [
+        _event(event_id, "ActivityTaskScheduled", activityId=activity_id, activityType={"name": "extract"},
+               workflowTaskCompletedEventId=str(event_id - 1)),
+        _event(event_id + 1, "ActivityTaskStarted", scheduledEventId=str(event_id), attempt=attempt,
+               **({"lastFailure": failure} if failure else {})),
+    ]  # fmt: skip
+    if result is None:
+        return events[:1]
+    return [
+        *events,
+        _event(event_id + 2, "ActivityTaskCompleted", scheduledEventId=str(event_id), result=_json(result)),
+    ]
+
+
+def test_helper_reruns_are_attempts_of_one_step() -> None:
+    """The runs of one step of evalsvc's workflow helper (activity ids ``evalsvc:<step>:<run>``) share the
+    first run's step key; attempts go on across runs, Temporal's own retries included."""
+    started = _event(1, "WorkflowExecutionStarted", workflowType={"name": "Gated"}, originalExecutionRunId="r-1")
+    history = [
+        started,
+        *_run_of(5, "evalsvc:1:1", 2, {"total": "x"}),  # run 1 took 2 Temporal attempts: attempts 1-2
+        *_run_of(11, "evalsvc:1:2", 1, {"total": 1}),  # run 2: attempt 3
+        *_run_of(17, "plain-id", 1, {"ok": True}),  # not the helper's: its own key, as always
+        *_run_of(23, "evalsvc:2:1", 1, {"total": 2}),  # the helper's next step: a key of its own
+        *_run_of(29, "evalsvc:2:2", 0, None),  # its run 2, waiting for a worker
+    ]
+    pending = [{"activityId": "evalsvc:2:2", "state": "PENDING_ACTIVITY_STATE_SCHEDULED", "attempt": 2,
+                "lastFailure": {"message": "boom"}}]  # fmt: skip
+    records = TemporalConnector().to_steps({"events": history, "pendingActivities": pending})
+    got = [(r["step_key"], r["attempt"], r["status"], r["attributes"].get("rerun"),
+            r["attributes"].get("temporal_attempt"), r["attributes"]["event_id"]) for r in records]  # fmt: skip
+    assert got == [
+        ("activity:5", 1, "failed", 1, 1, 5),  # the failure Temporal kept of run 1's first attempt
+        ("activity:5", 2, "completed", 1, 2, 5),
+        ("activity:5", 3, "completed", 2, 1, 11),
+        ("activity:17", 1, "completed", None, None, 17),
+        ("activity:23", 1, "completed", 1, 1, 23),
+        ("activity:23", 2, "failed", 2, 1, 29),  # pending run 2: its Temporal attempt 2 goes on from 1
+        ("activity:23", 3, "scheduled", 2, 2, 29),
+    ]
+    assert records[2]["output"] == {"total": 1} and records[2]["attributes"]["reset_event_id"] == 10
+    assert records[0]["error"]["type"] == "RateLimitError"
+    # a shorter history (as the helper posts it after run 1) gives run 1 the same key and attempts
+    early = TemporalConnector().to_steps({"events": history[:4]})
+    assert [(r["step_key"], r["attempt"]) for r in early] == [("activity:5", 1), ("activity:5", 2)]
+    assert all(StepRecord.model_validate(r) for r in records)

@@ -197,14 +197,19 @@ def test_failed_eval_retries_the_activity_and_the_run_completes(temporal_address
     first, decision, second = result["history"]
     assert (first["state"], first["planned"], first["failed_evaluators"]) == ("failed", ["retry"], ["total_is_number"])
     assert decision["decision"]["action"] == "retry" and decision["decision"]["step_key"] == first["step_key"]
-    assert second["state"] == "passed" and second["step_key"] != first["step_key"]
+    # the run again is the next attempt of the same step, not a new step
+    assert (second["state"], second["step_key"], second["attempt"]) == ("passed", first["step_key"], 2)
+    assert first["attempt"] == decision["decision"]["attempt"] == decision["attempt"] == 1
+    assert (first["activity_id"], second["activity_id"]) == ("evalsvc:1:1", "evalsvc:1:2")
 
     run = _run(served, run_id)
     assert run["attributes"]["workflow_id"] == wid and run["workflow"] == "GatedInvoiceWorkflow"
-    steps = {s["step_key"]: s for s in run["steps"] if s["name"] == "extract_invoice"}
-    assert set(steps) == {first["step_key"], second["step_key"]}  # the keys `evalsvc pull temporal` gives
-    assert [v["passed"] for v in steps[first["step_key"]]["verdicts"]] == [False]
-    assert [v["passed"] for v in steps[second["step_key"]]["verdicts"]] == [True]
+    steps = {(s["step_key"], s["attempt"]): s for s in run["steps"] if s["name"] == "extract_invoice"}
+    key = first["step_key"]
+    assert set(steps) == {(key, 1), (key, 2)}  # ONE step key (the one `evalsvc pull temporal` gives), 2 attempts
+    assert [v["passed"] for v in steps[(key, 1)]["verdicts"]] == [False]
+    assert [v["passed"] for v in steps[(key, 2)]["verdicts"]] == [True]
+    assert steps[(key, 2)]["attributes"]["rerun"] == 2 and steps[(key, 2)]["output"]["total"] == 12.5
     (action,) = run["actions"]  # one action: the retry of the failed run; none for the passing one
     assert (action["kind"], action["status"], action["attempts"]) == ("retry", "succeeded", 1)
     response = action["response"]
@@ -241,11 +246,27 @@ def test_retries_stop_at_max_attempts_and_the_workflow_fails(temporal_address: s
     run_id, failure = asyncio.run(scenario())
     cause = failure.cause
     assert isinstance(cause, ApplicationError) and cause.type == "EvalsvcEvalFailed" and cause.non_retryable
-    assert "failed evaluation 3 times" in cause.message and CALLS[wid] == 3  # on_fail.max_attempts: 3
-    actions = _wait(lambda: [a for a in _run(served, run_id)["actions"] if a["status"] == "succeeded"][2:] and
-                    _run(served, run_id)["actions"])  # fmt: skip
-    assert [(a["kind"], a["status"], a["attempts"]) for a in actions] == [("retry", "succeeded", 1)] * 3
-    assert len({a["step_id"] for a in actions}) == 3  # one per run of the activity, each its own step
+    assert "failed evaluation at attempt 3" in cause.message and CALLS[wid] == 3  # on_fail.max_attempts: 3
+
+    def settled() -> dict[str, Any] | None:
+        detail = _run(served, run_id)
+        done = [a for a in detail["actions"] if a["status"] in ("succeeded", "skipped")]
+        return detail if len(done) == 3 else None
+
+    run = _wait(settled)
+    steps = [s for s in run["steps"] if s["name"] == "extract_garbage"]
+    (key,) = {s["step_key"] for s in steps}  # one step ...
+    assert sorted(s["attempt"] for s in steps) == [1, 2, 3]  # ... with attempts 1..3, each judged failed
+    assert all([v["passed"] for v in s["verdicts"]] == [False] for s in steps)
+    attempt_of = {s["id"]: s["attempt"] for s in steps}
+    actions = sorted(run["actions"], key=lambda a: attempt_of[a["step_id"]])
+    # attempts 1 and 2 are retried; attempt 3 reaches the limit: evalsvc skips that retry, the helper stops
+    assert [(attempt_of[a["step_id"]], a["kind"], a["status"]) for a in actions] == [
+        (1, "retry", "succeeded"), (2, "retry", "succeeded"), (3, "retry", "skipped")]  # fmt: skip
+    assert "retry limit reached: attempt 3 of at most 3" in actions[2]["last_error"]
+    assert [a["response"]["payload"]["attempt"] for a in actions[:2]] == [1, 2]
+    assert {a["response"]["payload"]["step_key"] for a in actions[:2]} == {key}
+    assert [a["response"]["payload"]["max_attempts"] for a in actions[:2]] == [3, 3]  # OnFail.retry_limit()
 
 
 def test_review_approval_resumes_and_rejection_cancels(temporal_address: str, served: Served) -> None:

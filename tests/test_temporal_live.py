@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from typer.testing import CliRunner
 
+from connectors.temporal import TemporalConnector
 from evalsvc.cli import app
 from evalsvc.settings import Settings
 
@@ -289,3 +290,80 @@ def test_pull_unreachable_server_exits_4(tmp_path: Path) -> None:
     [port] = free_ports(1)
     out = _cli(env, "pull", "temporal", "--address", f"127.0.0.1:{port}", code=4)
     assert "cannot connect to Temporal" in out, out
+
+
+# ---- re-runs by evalsvc's workflow helper: one step, attempts counted on -----------------------------
+
+
+@workflow.defn
+class RerunWorkflow:
+    """Runs ``draft_reply`` twice with the activity ids evalsvc's helper gives the runs of one step
+    (``evalsvc:<step>:<run>``; each run takes 2 Temporal attempts), then ``send_reply`` plainly."""
+
+    @workflow.run
+    async def run(self, email: str) -> str:
+        for run in (1, 2):
+            draft = await workflow.execute_activity(draft_reply, email, activity_id=f"evalsvc:1:{run}",
+                                                    start_to_close_timeout=timedelta(seconds=10),
+                                                    retry_policy=_FAST_RETRY)  # fmt: skip
+        return str(
+            await workflow.execute_activity(send_reply, draft["text"], start_to_close_timeout=timedelta(seconds=10))
+        )
+
+
+def test_helper_reruns_are_attempts_of_one_step(temporal_address: str, settings: Settings, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    task_queue, wid = f"evalsvc-rerun-{tag}", f"rerun-{tag}"
+
+    async def scenario() -> tuple[str, dict[str, Any]]:
+        client = await Client.connect(temporal_address)
+        async with Worker(client, task_queue=task_queue, workflows=[RerunWorkflow], activities=[draft_reply, send_reply],
+                          workflow_runner=UnsandboxedWorkflowRunner()):  # fmt: skip
+            handle = await client.start_workflow(RerunWorkflow.run, "refund please", id=wid, task_queue=task_queue)
+            await handle.result()
+            await _visible(client, f"WorkflowId = '{wid}' AND ExecutionStatus != 'Running'", 1)
+            doc: dict[str, Any] = (await handle.fetch_history()).to_json_dict()
+            return handle.result_run_id or "", doc
+
+    run_id, doc = asyncio.run(scenario())
+    records = TemporalConnector(workflow_id=wid, namespace="default").to_steps(doc)
+    steps = [(r["step_key"], r["attempt"], r["name"], r["status"], r["attributes"].get("rerun"),
+              r["attributes"].get("temporal_attempt")) for r in records]  # fmt: skip
+    first, second = (e for e in doc["events"] if e.get("activityTaskScheduledEventAttributes", {}).get("activityId")
+                     in ("evalsvc:1:1", "evalsvc:1:2"))  # fmt: skip
+    send = next(r["step_key"] for r in records if r["name"] == "send_reply")
+    key = f"activity:{first['eventId']}"
+    assert steps == [
+        (key, 1, "draft_reply", "failed", 1, 1),  # run 1: Temporal's attempt 1 (rate limited)
+        (key, 2, "draft_reply", "completed", 1, 2),  # run 1: Temporal's attempt 2
+        (key, 3, "draft_reply", "failed", 2, 1),  # run 2 goes on from attempt 3
+        (key, 4, "draft_reply", "completed", 2, 2),
+        (send, 1, "send_reply", "completed", None, None),  # no helper id: its own key, as always
+    ]
+    assert [r["attributes"]["event_id"] for r in records[:4]] == [int(first["eventId"])] * 2 + [
+        int(second["eventId"])
+    ] * 2  # each run keeps its own scheduled event (the reset point of that run)
+    assert records[2]["attributes"]["activity_id"] == "evalsvc:1:2" and send != key
+    assert records[2]["error"]["type"] == "RateLimitError"
+
+    # the history as the helper posted it after run 1 gives the same records for run 1 (stable keys),
+    # so a later `evalsvc pull temporal` stores only what is new
+    closed = next(int(e["eventId"]) for e in doc["events"] if "activityTaskCompletedEventAttributes" in e)
+    prefix = {**doc, "events": [e for e in doc["events"] if int(e["eventId"]) <= closed]}
+    early = TemporalConnector(workflow_id=wid, namespace="default").to_steps(prefix)
+
+    def step_part(r: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in r.items() if not k.startswith("run_")}  # the run's status moves on
+
+    assert [step_part(r) for r in early] == [step_part(r) for r in records[:2]]
+    env = {"EVALSVC_HOME": str(settings.home), "EVALSVC_DATABASE_URL": settings.database_url or "",
+           "EVALSVC_BROKER_URL": ""}  # fmt: skip
+    (tmp_path / "early.json").write_text(json.dumps({**prefix, "workflowId": wid, "namespace": "default"}))
+    _cli(env, "ingest", str(tmp_path / "early.json"), "--connector", "temporal")
+    out = _cli(env, "pull", "temporal", "--address", temporal_address, "--namespace", "default",
+               "--query", f"WorkflowId = '{wid}'")  # fmt: skip
+    assert "records: 3 accepted, 2 duplicate, 0 rejected" in out, out
+    stored = json.loads(_cli(env, "runs", "show", run_id, "--json"))["steps"]
+    assert sorted((s["step_key"], s["attempt"]) for s in stored if s["name"] == "draft_reply") == [
+        (key, 1), (key, 2), (key, 3), (key, 4)
+    ]  # fmt: skip

@@ -6,7 +6,8 @@ namespace (else ``EVALSVC_TEMPORAL_NAMESPACE``), through the frontend at ``EVALS
 
 - ``retry``: a workflow that uses evalsvc's helper (:mod:`evalsvc.client.temporal`; it marks its
   run with the memo ``evalsvc_helper``) gets the ``evalsvc_verdict`` signal with the verdict and
-  ``action: retry`` and runs the activity again. Any other workflow is reset to the workflow task
+  ``action: retry`` and runs the activity again, which evalsvc records as the next attempt of the
+  same step (the signal carries ``max_attempts``: the policy's ``retry_limit()``). Any other workflow is reset to the workflow task
   that scheduled the failed activity (the step's ``reset_event_id``), so the activity runs again in
   a new run. ``on_fail: {action: retry, mode: signal | reset}`` chooses without looking at the memo.
 - ``pause`` / ``resume``: the ``evalsvc_verdict`` signal with ``action: pause`` / ``resume``; the
@@ -34,6 +35,7 @@ from datetime import timedelta
 from typing import Any, ClassVar, TypeVar
 
 from google.protobuf.json_format import MessageToDict
+from pydantic import ValidationError
 from temporalio.api.common.v1 import Payloads, WorkflowExecution
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.api.history.v1 import HistoryEvent
@@ -50,6 +52,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from evalsvc.client.temporal import HELPER_MEMO, SIGNAL
+from evalsvc.schemas import OnFail
 
 from .base import ActionContext, ActionFailed, register
 
@@ -122,8 +125,17 @@ def verdict_signal(ctx: ActionContext) -> dict[str, Any]:
         "evaluator": ctx.verdict.get("evaluator"),
         "explanation": ctx.verdict.get("explanation"),
         "reason": ctx.reason,
-        "max_attempts": ctx.on_fail.get("max_attempts"),
+        "max_attempts": _retry_limit(ctx.on_fail),
     }
+
+
+def _retry_limit(on_fail: dict[str, Any]) -> int | None:
+    """The policy's highest attempt of a step (``max_attempts``, ``max_retries + 1``): the helper stops there too."""
+    try:
+        return OnFail.model_validate(on_fail).retry_limit()
+    except ValidationError:
+        value = on_fail.get("max_attempts")
+        return value if isinstance(value, int) else None
 
 
 def _rpc_failed(what: str, exc: RPCError) -> ActionFailed:

@@ -18,14 +18,16 @@ and on the worker, beside your activities, the one that reports a step to evalsv
     Worker(client, task_queue="invoices", workflows=[InvoiceWorkflow],
            activities=[extract_invoice, reporter.report_step])
 
-``execute_activity`` runs the activity, then the ``evalsvc_report_step`` activity: it fetches this
-run's history, posts it to evalsvc's ``/v1/ingest/temporal`` (so the step gets exactly the keys
-``evalsvc pull temporal`` gives it: run key = run id, step key = ``activity:<scheduledEventId>``)
-and long-polls the step's verdict. Passed: the result is returned. Failed with a remediation
-planned: the gate waits for evalsvc's ``evalsvc_verdict`` signal for that step and runs the
-activity again (``retry``, up to ``max_attempts`` runs), waits until resumed (``pause``; a step
-under ``review`` waits the same way for the reviewer's approval, and a rejection cancels the
-workflow), or goes on (``resume``). Signals are deduplicated by their action key.
+``execute_activity`` runs the activity (activity id ``evalsvc:<step number>:<run>``), then the
+``evalsvc_report_step`` activity: it fetches this run's history, posts it to evalsvc's
+``/v1/ingest/temporal`` (so the step gets exactly the keys ``evalsvc pull temporal`` gives it: run
+key = run id, step key = ``activity:<scheduledEventId of the step's first run>``, and each run
+again is the next attempt of that step) and long-polls the verdict of that attempt. Passed: the
+result is returned. Failed with a remediation planned: the gate waits for evalsvc's
+``evalsvc_verdict`` signal for that attempt and runs the activity again (``retry``, until the
+attempts reach ``max_attempts`` or the evaluator's ``on_fail`` limit), waits until resumed
+(``pause``; a step under ``review`` waits the same way for the reviewer's approval, and a rejection
+cancels the workflow), or goes on (``resume``). Signals are deduplicated by their action key.
 """
 
 from __future__ import annotations
@@ -76,9 +78,17 @@ class VerdictGate:
         self.seen.add(key)
         self.signals.setdefault(str(payload.get("step_key") or ""), []).append(payload)
 
-    async def _next_signal(self, step_key: str) -> dict[str, Any]:
+    async def _next_signal(self, step_key: str, attempt: int) -> dict[str, Any]:
+        """The next signal for this attempt of the step (or naming no attempt); older attempts' are dropped."""
+
+        def current() -> bool:
+            queue = self.signals.get(step_key) or []
+            while queue and isinstance(queue[0].get("attempt"), int) and queue[0]["attempt"] < attempt:
+                queue.pop(0)  # meant for an attempt that has been retried already
+            return bool(queue)
+
         try:
-            await workflow.wait_condition(lambda: bool(self.signals.get(step_key)), timeout=self.decision_timeout)
+            await workflow.wait_condition(current, timeout=self.decision_timeout)
         except TimeoutError:
             raise ApplicationError(f"no decision from evalsvc on step {step_key} in time",
                                    type="EvalsvcDecisionTimeout", non_retryable=True) from None  # fmt: skip
@@ -88,13 +98,20 @@ class VerdictGate:
         self, activity_fn: Callable[..., Any] | str, *args: Any, max_attempts: int | None = None, **options: Any
     ) -> Any:
         """Run ``activity_fn(*args)`` (``options`` as for ``workflow.execute_activity``) until evalsvc
-        passes it, it is resumed, or ``max_attempts`` runs failed (default: the evaluator's
-        ``on_fail.max_attempts``, else 3; then ``ApplicationError`` type ``EvalsvcEvalFailed``)."""
+        passes it, it is resumed, or its attempts reach the limit: ``max_attempts`` if given, and the
+        evaluator's ``on_fail`` limit (``max_attempts`` / ``max_retries + 1``), whichever is lower. Then
+        it raises ``ApplicationError`` type ``EvalsvcEvalFailed``.
+
+        Every run of the activity gets the activity id ``evalsvc:<step number>:<run>``, so evalsvc
+        records the runs as attempts of one step (``activity:<scheduledEventId of the first run>``),
+        numbered on across runs: Temporal's own retries count too (a first run that took 2 attempts
+        is attempts 1-2, the next run attempt 3). ``max_attempts`` counts these same attempts.
+        """
+        self._seq += 1
         run = 0
         while True:
             run += 1
-            self._seq += 1
-            activity_id = f"evalsvc-{self._seq}"
+            activity_id = f"evalsvc:{self._seq}:{run}"
             result = await workflow.execute_activity(activity_fn, args=list(args), activity_id=activity_id, **options)
             report: dict[str, Any] = await workflow.execute_activity(
                 REPORT_ACTIVITY,
@@ -104,7 +121,7 @@ class VerdictGate:
                 retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5),
                 result_type=dict,
             )
-            step_key, state = str(report["step_key"]), report["state"]
+            step_key, state, attempt = str(report["step_key"]), report["state"], int(report.get("attempt") or run)
             self.history.append({"run": run, "activity_id": activity_id, **report})
             if state == "passed":
                 return result
@@ -113,25 +130,36 @@ class VerdictGate:
                     raise ApplicationError(f"no verdict on step {step_key} within {self.verdict_timeout}",
                                            type="EvalsvcVerdictTimeout", non_retryable=True)  # fmt: skip
                 return result
-            if not _IN_BAND & set(report.get("planned") or []):
+            planned = set(report.get("planned") or [])
+            skipped = set(report.get("skipped") or [])
+            if "retry" in skipped and not planned & {"pause", "review"}:  # evalsvc's retry limit was reached
+                raise _exhausted(step_key, attempt, report)
+            if not _IN_BAND & planned:
                 return result  # failed, but nothing to wait for (no on_fail, or a webhook)
-            decision = await self._await_decision(step_key)
-            self.history.append({"run": run, "step_key": step_key, "decision": decision})
+            if "retry" in planned and max_attempts and attempt >= max_attempts:  # the helper's own bound
+                raise _exhausted(step_key, attempt, report)
+            decision = await self._await_decision(step_key, attempt)
+            self.history.append({"run": run, "step_key": step_key, "attempt": attempt, "decision": decision})
             if decision["action"] == "resume":
                 return result
-            limit = max_attempts or decision.get("max_attempts") or 3
-            if run >= limit:
-                raise ApplicationError(
-                    f"step {step_key} failed evaluation {run} times: {report.get('explanation') or ''}".strip(),
-                    report, type="EvalsvcEvalFailed", non_retryable=True,
-                )  # fmt: skip
+            limits = [x for x in (max_attempts, decision.get("max_attempts")) if isinstance(x, int) and x > 0]
+            limit = min(limits) if limits else 3
+            if attempt >= limit:
+                raise _exhausted(step_key, attempt, report)
 
-    async def _await_decision(self, step_key: str) -> dict[str, Any]:
-        """The next retry or resume for the step; a pause waits for a resume (or a retry)."""
+    async def _await_decision(self, step_key: str, attempt: int) -> dict[str, Any]:
+        """The next retry or resume for the step's attempt; a pause waits for a resume (or a retry)."""
         while True:
-            signal = await self._next_signal(step_key)
+            signal = await self._next_signal(step_key, attempt)
             if signal.get("action") in ("retry", "resume"):
                 return signal
+
+
+def _exhausted(step_key: str, attempt: int, report: dict[str, Any]) -> ApplicationError:
+    return ApplicationError(
+        f"step {step_key} failed evaluation at attempt {attempt}, its last: {report.get('explanation') or ''}".strip(),
+        report, type="EvalsvcEvalFailed", non_retryable=True,
+    )  # fmt: skip
 
 
 class EvalsvcActivities:
@@ -171,7 +199,9 @@ class EvalsvcActivities:
             "step_key": step["step_key"],
             "attempt": step["attempt"],
             "state": verdict.state,
-            "planned": verdict.planned,
+            # actions evalsvc sends or opened; a skipped one (a retry past the limit) never comes
+            "planned": [a["kind"] for a in verdict.actions if a.get("status") != "skipped"],
+            "skipped": [a["kind"] for a in verdict.actions if a.get("status") == "skipped"],
             "failed_evaluators": verdict.failed_evaluators,
             "explanation": verdict.explanation,
         }
