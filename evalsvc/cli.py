@@ -169,8 +169,10 @@ def ingest_file(ctx: Ctx, file: Path, *, connector: str, chunk: int) -> Any:
 
 
 def _after_ingest(ctx: Ctx, pending: list[int], *, score: bool) -> None:
+    from evalsvc.pipeline.run_evals import schedule_final_runs
     from evalsvc.worker import drain, get_runner
 
+    pending = [*pending, *schedule_final_runs(engine=ctx.engine)]  # run-level evaluators of final runs
     if not pending:
         return
     if ctx.settings.runner == "celery":

@@ -22,6 +22,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 __all__ = [
+    "RUN_STEP_KEY",
     "TERMINAL_STEP_STATUSES",
     "ActionKind",
     "ActionStatus",
@@ -139,6 +140,13 @@ class StepRecord(BaseModel):
     run_status: RunStatus | None = None
     run_attributes: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("step_key")
+    @classmethod
+    def _not_the_run_step(cls, value: str) -> str:
+        if value == RUN_STEP_KEY:
+            raise ValueError(f"{RUN_STEP_KEY} is reserved for the run step of run-level evaluators")
+        return value
+
     @field_validator("error", mode="before")
     @classmethod
     def _error_from_string(cls, value: Any) -> Any:
@@ -223,6 +231,13 @@ class Target(BaseModel):
     kind: str | None = None
     status: str | None = None
     attributes: dict[str, str] = Field(default_factory=dict)
+    # run-level evaluators (issue 3 point 6): ``run`` judges each final run through its run step
+    # (RUN_STEP_KEY, evalsvc.pipeline.run_evals), never a workflow's own steps
+    level: Literal["step", "run"] = "step"
+
+
+RUN_STEP_KEY = "__run__"
+"""The step key of the synthetic step that stands for a whole run (run-level evaluators)."""
 
 
 SampleCondition = Literal["step_failed", "rule_failed", "new_model"]
@@ -338,6 +353,8 @@ class EvaluatorSpec(BaseModel):
     def _fallback_is_another(self) -> EvaluatorSpec:
         if self.budget.fallback == self.name:
             raise ValueError("budget.fallback must name another evaluator")
+        if self.target.level == "run" and self.on_fail.action == "retry":
+            raise ValueError("on_fail retry applies to steps, not to a run-level evaluator (target.level: run)")
         return self
 
     @field_validator("on_fail", mode="before")
@@ -355,6 +372,8 @@ class EvaluatorSpec(BaseModel):
         # options added later leave the versions of definitions that do not use them unchanged
         if self.budget == Budget():
             data.pop("budget")
+        if self.target.level == "step":
+            data["target"].pop("level")
         for key in ("always", "new_model_steps", "stratify", "min_per_stratum"):
             if data["sample"][key] == Sample.model_fields[key].get_default(call_default_factory=True):
                 data["sample"].pop(key)

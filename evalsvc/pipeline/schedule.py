@@ -29,7 +29,7 @@ import orjson
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from evalsvc.schemas import EvalStatus, EvaluatorSpec, Target
+from evalsvc.schemas import RUN_STEP_KEY, EvalStatus, EvaluatorSpec, Target
 from evalsvc.store.models import Evaluator, table, utcnow
 from evalsvc.store.sql import chunks
 
@@ -109,7 +109,8 @@ def _glob(pattern: str | None, value: str | None) -> bool:
 def matches(target: Target, step: ScheduledStep) -> bool:
     """Whether an evaluator's target selector picks this step (globs; unset fields match all)."""
     return (
-        _glob(target.source, step.source)
+        (target.level == "run") == (step.step_key == RUN_STEP_KEY)  # run-level evaluators judge run steps only
+        and _glob(target.source, step.source)
         and _glob(target.workflow, step.workflow)
         and _glob(target.step, step.name)
         and _glob(target.kind, step.kind)
@@ -154,7 +155,8 @@ def schedule_evals(
     rows: list[tuple[Any, ...]] = []
     for step in steps:
         # steps that agree on everything targets look at get the same evaluators
-        shape: tuple[Any, ...] = (step.source, step.workflow, step.name, step.kind, step.status)
+        shape: tuple[Any, ...] = (step.source, step.workflow, step.name, step.kind, step.status,
+                                  step.step_key == RUN_STEP_KEY)  # fmt: skip
         if attr_keys:
             shape += tuple(_attr_text(step.attributes.get(key)) for key in attr_keys)
         chosen = picked.get(shape)
@@ -256,8 +258,11 @@ def _selector(target: Target) -> Callable[[ScheduledStep], bool]:
         if pattern is not None
     ]
     attrs = [(key, _glob_matcher(pattern)) for key, pattern in target.attributes.items()]
+    run_level = target.level == "run"
 
     def pick(step: ScheduledStep) -> bool:
+        if (step.step_key == RUN_STEP_KEY) != run_level:
+            return False  # a run step (evalsvc.pipeline.run_evals) is for run-level evaluators only
         for attr, match in fields:
             value = getattr(step, attr)
             if value is None or match(value) is None:

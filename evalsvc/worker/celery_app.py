@@ -93,10 +93,17 @@ def sweep(settings: Settings, *, runner: CeleryRunner | None = None, periodic: b
     engine = get_engine(settings.resolved_database_url())
     migrate(engine)
     runner = runner or CeleryRunner(settings=settings)
+    from evalsvc.pipeline.run_evals import schedule_final_runs
+
+    # run-level evaluators of runs that became final: new work, sent now (a first sweep's pending
+    # pass below takes them anyway)
+    run_ids = schedule_final_runs(engine=engine)
+    if periodic and run_ids:
+        runner.submit_scores(run_ids)
     if periodic and queue_length(runner.app, settings.queue):
-        return 0, 0
+        return len(run_ids), 0
     before = utcnow() - timedelta(seconds=settings.lease_seconds)
-    scores = after = 0
+    scores, after = (len(run_ids) if periodic else 0), 0
     while True:
         if periodic:
             ids = _stale_pending_ids(engine=engine, before=before, limit=settings.score_batch_size, after_id=after)

@@ -10,6 +10,7 @@ from typing import Protocol
 from sqlalchemy.engine import Engine
 
 from evalsvc.pipeline.remediate import DispatchOutcome, dispatch_action, due_action_ids
+from evalsvc.pipeline.run_evals import schedule_final_runs
 from evalsvc.pipeline.score import ScoreReport, pending_ids, score_pending
 from evalsvc.settings import Settings
 from evalsvc.store.sql import chunks
@@ -28,6 +29,7 @@ class Runner(Protocol):
 class DrainReport:
     score: ScoreReport = field(default_factory=ScoreReport)
     actions: dict[str, int] = field(default_factory=dict)
+    run_evals: int = 0  # run-level results scheduled on final runs by this drain
 
 
 def dispatch_many(*, engine: Engine, settings: Settings, ids: Sequence[int]) -> list[DispatchOutcome]:
@@ -52,6 +54,8 @@ def drain(
     This is also the crash recovery: pending rows left by a dead process are picked up here.
     """
     report = DrainReport()
+    # final runs first: their run-level results join the pending ones scored below
+    report.run_evals = len(schedule_final_runs(engine=engine))
     after = 0
     while True:
         ids = pending_ids(engine=engine, limit=settings.score_batch_size, after_id=after)
