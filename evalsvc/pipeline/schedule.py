@@ -82,9 +82,11 @@ def load_active_evaluators(*, session: Session, project_id: int) -> list[ActiveE
 def _active_query() -> Any:
     """Built once (ingest loads the active evaluators on every batch)."""
     t = table(Evaluator)
-    return sa.select(t.c.id, t.c.name, t.c.version, t.c.definition).where(
-        t.c.project_id == sa.bindparam("p"), t.c.active == sa.true()
-    ).order_by(t.c.id)
+    return (
+        sa.select(t.c.id, t.c.name, t.c.version, t.c.definition)
+        .where(t.c.project_id == sa.bindparam("p"), t.c.active == sa.true())
+        .order_by(t.c.id)
+    )
 
 
 _SPECS: dict[tuple[str, str], EvaluatorSpec] = {}
