@@ -30,7 +30,7 @@ from evalsvc.settings import Settings
 from evalsvc.store.db import get_engine
 
 from .conftest import Api, make_key
-from .test_serve import _free_port
+from .serve_process import free_port as _free_port
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "inngest"
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"shared fixtures not found at {FIXTURES}")

@@ -4,11 +4,6 @@ approve its review, see the decision recorded on the run."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +12,7 @@ import httpx
 import pytest
 
 from .factories import SCHEMA_YAML, record
+from .serve_process import running_serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -28,48 +24,20 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A real `evalsvc serve` on a fresh SQLite store, with a failed and a passed eval and a review item."""
-    env = {**os.environ, "EVALSVC_HOME": str(tmp_path / "home"), "EVALSVC_DATABASE_URL": "", "EVALSVC_BROKER_URL": ""}
-    key = subprocess.run([sys.executable, "-m", "evalsvc.cli", "keys", "create"], env=env, capture_output=True,
-                         text=True, check=True, timeout=120).stdout.strip()  # fmt: skip
-    port = _free_port()
-    log_path = tmp_path / "serve.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "evalsvc.cli", "serve", "--port", str(port)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
+    with running_serve(tmp_path) as (base, key):
         with httpx.Client(base_url=base, headers={"authorization": f"Bearer {key}"}, timeout=30) as client:
             r = client.post("/v1/evaluators", content=SCHEMA_YAML, headers={"content-type": "application/yaml"})
             assert r.status_code == 200, r.text
             r = client.post("/v1/ingest/json", json=[record("r1", "extract", output={"total": "x"}), record("r2")])
             assert r.status_code == 200, r.text
+            deadline = time.monotonic() + 60
             while len(client.get("/v1/reviews").json()) < 1:
-                assert time.monotonic() < deadline + 60, client.get("/v1/evals").json()
+                assert time.monotonic() < deadline, client.get("/v1/evals").json()
                 time.sleep(0.1)
         yield base, key
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
 
 
 def test_sign_in_open_failed_run_and_approve_its_review(served: tuple[str, str]) -> None:
