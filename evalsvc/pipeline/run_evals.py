@@ -46,7 +46,6 @@ from evalsvc.store.db import write_session
 from evalsvc.store.models import Evaluator, Run, Step, table, utcnow
 from evalsvc.store.sql import chunks
 
-from .runs import refresh_runs
 from .schedule import ActiveEvaluator, ScheduledStep, _spec, schedule_evals
 
 __all__ = [
@@ -164,30 +163,17 @@ def _refresh_project(
     stale = _stale_runs(session, project_id, since)
     if not stale:
         return []
-    # A stored run step is one of the run's steps to ``refresh_runs``, which derives the run's status
-    # from its steps: neutralise it (cancelled changes no derived status) and derive again, so an
-    # old run step cannot keep a run ``failed`` after a late retry succeeded.
-    repair = [row for row in stale if row.sid is not None and not row.status_from_source
-              and row.sstatus != StepStatus.cancelled.value]  # fmt: skip
-    s = table(Step)
-    if repair:
-        session.execute(
-            sa.update(s).where(s.c.id.in_([row.sid for row in repair])).values(status=StepStatus.cancelled.value)
-        )
-        refresh_runs(session=session, run_ids=[row.id for row in repair], now=utcnow())
-    was = {row.id: row.sstatus for row in stale if row.sid is not None}
     pending: list[int] = []
     for part in chunks([row.id for row in stale], 500):
-        pending += _materialise(session=session, project_id=project_id, run_ids=list(part), evaluators=evaluators,
-                                was=was)  # fmt: skip
+        pending += _materialise(session=session, project_id=project_id, run_ids=list(part), evaluators=evaluators)
     return pending
 
 
 def _materialise(
-    *, session: Session, project_id: int, run_ids: list[int], evaluators: list[ActiveEvaluator], was: dict[int, str]
+    *, session: Session, project_id: int, run_ids: list[int], evaluators: list[ActiveEvaluator]
 ) -> list[int]:
-    """Write the run steps of these runs (those that are final) and schedule them; ``was``: the
-    stored run steps' statuses before :func:`_refresh_project` neutralised them."""
+    """Write the run steps of these runs (those that are final) and schedule them; a run that is
+    not final (any more) keeps its run step as it was, until it is final again."""
     r, s = table(Run), table(Step)
     runs = {row.id: row for row in session.execute(sa.select(r).where(r.c.id.in_(run_ids)))}
     steps: dict[int, list[Any]] = {}
@@ -202,9 +188,6 @@ def _materialise(
     now = utcnow()
     for run_id, run in runs.items():
         if run.status not in FINAL_RUN_STATUSES or not steps.get(run_id):
-            if run_id in existing and was.get(run_id) and existing[run_id].status != was[run_id]:
-                # not final after all: the run step keeps what it said, until the run is final again
-                session.execute(sa.update(s).where(s.c.id == existing[run_id].id).values(status=was[run_id]))
             continue
         values = _run_step(run, steps[run_id])
         old = existing.get(run_id)
@@ -215,7 +198,7 @@ def _materialise(
             changed.add(sid)
         else:
             sid = old.id
-            if _content(values) != _content({**old._mapping, "status": was.get(run_id, old.status)}):
+            if _content(values) != _content(dict(old._mapping)):
                 changed.add(sid)
             session.execute(sa.update(s).where(s.c.id == sid).values(**values, updated_at=now))
         scheduled.append(

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from evalsvc.schemas import RunStatus, StepRecord, StepStatus
+from evalsvc.schemas import RUN_STEP_KEY, RunStatus, StepRecord, StepStatus
 from evalsvc.store.db import json_dumps
 from evalsvc.store.models import Run, Step, table
 from evalsvc.store.sql import chunks
@@ -194,7 +194,8 @@ def _refresh_statements() -> tuple[Any, Any, Any]:
     ids: Any = sa.bindparam("ids", expanding=True)
     latest = (
         sa.select(t.c.run_id, t.c.step_key, sa.func.max(t.c.attempt).label("attempt"))
-        .where(t.c.run_id.in_(ids))
+        # the run step (run-level evaluators) describes the run; it never decides the run's status
+        .where(t.c.run_id.in_(ids), t.c.step_key != RUN_STEP_KEY)
         .group_by(t.c.run_id, t.c.step_key)
         .subquery()
     )
@@ -202,7 +203,11 @@ def _refresh_statements() -> tuple[Any, Any, Any]:
         latest,
         sa.and_(t.c.run_id == latest.c.run_id, t.c.step_key == latest.c.step_key, t.c.attempt == latest.c.attempt),
     )
-    first = sa.select(t.c.run_id, sa.func.min(t.c.started_at)).where(t.c.run_id.in_(ids)).group_by(t.c.run_id)
+    first = (
+        sa.select(t.c.run_id, sa.func.min(t.c.started_at))
+        .where(t.c.run_id.in_(ids), t.c.step_key != RUN_STEP_KEY)
+        .group_by(t.c.run_id)
+    )
     update = (
         sa.update(r)
         .where(r.c.id == sa.bindparam("b_id"))
