@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -43,6 +44,8 @@ def create_app(settings: Settings | None = None, *, start_worker: bool = True) -
         yield
         if worker is not None:
             worker.stop()
+        if "evalsvc.analytics.query" in sys.modules:  # a query started its background refresh
+            sys.modules["evalsvc.analytics.query"].stop_background_refresh()
 
     app = FastAPI(
         title="evalsvc",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
@@ -31,7 +31,8 @@ from evalsvc.store.db import write_session
 from evalsvc.store.models import table, utcnow
 from evalsvc.store.models_stats import DriftReport, StatBaseline
 
-from .baselines import BaselineTarget, HistoryWindow, load_profile, resolve_baseline, select_steps, steps_by_index
+if TYPE_CHECKING:
+    from .baselines import HistoryWindow
 
 __all__ = ["DriftCheck", "DriftReportPublic", "check_all", "check_drift", "list_reports"]
 
@@ -88,6 +89,9 @@ def check_drift(
     now: datetime | None = None,
 ) -> DriftCheck:
     """Compare the window (default: the last ``EVALSVC_DRIFT_WINDOW_HOURS``) with the baseline."""
+    # numpy and the statistical scorers load with the first check, not with the API (idle memory)
+    from .baselines import BaselineTarget, HistoryWindow, load_profile, resolve_baseline, select_steps, steps_by_index
+
     alpha = settings.drift_alpha if alpha is None else alpha
     if not 0 < alpha < 1:
         raise InvalidInput("must be between 0 and 1", field="alpha")

@@ -20,10 +20,9 @@ import ipaddress
 import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-import httpx
 import orjson
 from sqlmodel import Session
 from standardwebhooks.webhooks import Webhook
@@ -31,6 +30,9 @@ from standardwebhooks.webhooks import Webhook
 from evalsvc.errors import InvalidInput
 from evalsvc.settings import Settings
 from evalsvc.store.models import Action, EvalResult, Project, Run, Step
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["WebhookError", "build_payload", "check_url", "checked_addresses", "send_webhook"]
 
@@ -142,6 +144,8 @@ def send_webhook(*, url: str, payload: dict[str, Any], msg_id: str, settings: Se
         "webhook-timestamp": str(int(now.timestamp())),
         "webhook-signature": signature,
     }
+    import httpx  # loaded with the first delivery, not with the service (idle memory)
+
     hops: list[str] = []
     with httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False) as client:
         target = url
@@ -192,6 +196,8 @@ def _post_checked(
         headers = {**headers, "host": parts.netloc.rsplit("@", 1)[-1]}
         if parts.scheme == "https":
             extensions = {"sni_hostname": parts.hostname}
+    import httpx
+
     try:
         return client.post(send_to, content=body, headers=headers, extensions=extensions)
     except httpx.HTTPError as exc:

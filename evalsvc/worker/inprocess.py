@@ -33,14 +33,8 @@ class InProcessWorker:
         self._thread = threading.Thread(target=self._loop, name="evalsvc-worker", daemon=True)
         self._thread.start()
         self._wake.set()  # recover what a previous process left pending
-        from evalsvc.analytics.query import start_background_refresh
-
-        start_background_refresh(self.settings)  # keeps queried projects' DuckDB replicas fresh
 
     def stop(self, timeout: float = 10.0) -> None:
-        from evalsvc.analytics.query import stop_background_refresh
-
-        stop_background_refresh()
         self._stop.set()
         self._wake.set()
         if self._thread:

@@ -8,11 +8,8 @@ from __future__ import annotations
 import hmac
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from evalsvc.errors import Unauthorized
-from evalsvc.pipeline.metrics import metrics_registry, render_metrics
 
 from ..deps import EngineDep, SettingsDep
 
@@ -26,7 +23,12 @@ def metrics(request: Request, engine: EngineDep, settings: SettingsDep) -> Respo
         expected = settings.metrics_token.get_secret_value()
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
             raise Unauthorized("send 'Authorization: Bearer <EVALSVC_METRICS_TOKEN>'", field="authorization")
-    registry: CollectorRegistry | None = getattr(request.app.state, "metrics_registry", None)
+    # prometheus_client loads on the first scrape, not with the service (idle memory)
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+    from evalsvc.pipeline.metrics import metrics_registry, render_metrics
+
+    registry = getattr(request.app.state, "metrics_registry", None)
     if registry is None:
         registry = request.app.state.metrics_registry = metrics_registry(engine=engine)
     return Response(render_metrics(registry=registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -14,8 +14,6 @@ from typing import Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from evalsvc.analytics.query import run_query
-
 from ..deps import ProjectDep, SettingsDep
 
 router = APIRouter(prefix="/v1", tags=["query"])
@@ -36,6 +34,12 @@ class QueryRequest(BaseModel):
 
 @router.post("/query", summary="Run one read-only SQL query over the project's eval history")
 def query(body: QueryRequest, project: ProjectDep, settings: SettingsDep) -> Response:
+    # DuckDB loads with the first query, not with the service (idle memory); from then on the
+    # replicas of the projects queried lately are kept fresh in the background
+    from evalsvc.analytics.query import run_query, start_background_refresh
+
+    start_background_refresh(settings)
+
     res = run_query(
         settings=settings,
         project_id=project.id or 0,
