@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Literal
 
 import orjson
@@ -31,6 +31,7 @@ from sqlmodel import Session
 from evalsvc.schemas import TERMINAL_STEP_STATUSES, StepRecord, StepStatus, step_status_rank
 from evalsvc.store.models import Step, table, utcnow
 from evalsvc.store.sql import chunks
+from evalsvc.wire import WireRecord, record_partial
 
 from ._bulk import dbapi, gc_paused, insert_returning, key_match, pg_ts, sqlite_ts, writer_turn
 from .runs import NaturalKey, RunInfo, refresh_runs, upsert_runs
@@ -125,8 +126,11 @@ def parse_items(
 # ---- merging ----------------------------------------------------------------------------------
 
 
-def _partial(rec: StepRecord) -> dict[str, Any]:
+def _partial(rec: StepRecord | WireRecord) -> dict[str, Any]:
     """The fields this record actually says something about."""
+    if type(rec) is WireRecord:
+        return record_partial(rec)
+    assert isinstance(rec, StepRecord)
     out: dict[str, Any] = {}
     values = rec.__dict__
     for name in _MERGE_SET.intersection(rec.model_fields_set):
@@ -196,7 +200,7 @@ def ingest_records(
     *,
     session: Session,
     project_id: int,
-    records: Sequence[tuple[int, StepRecord]],
+    records: Sequence[tuple[int, StepRecord | WireRecord]],
     evaluators: list[ActiveEvaluator] | None = None,
 ) -> IngestReport:
     """Upsert validated records (with their item indexes) and schedule evaluators.
@@ -416,7 +420,8 @@ def ingest_batch(
 ) -> IngestReport:
     """Validate and store one batch (a connector's output): the front door of API and CLI alike.
 
-    Items may be :class:`StepRecord` s or dicts; each gets its own answer, in input order.
+    Items may be :class:`StepRecord` s, :class:`~evalsvc.wire.WireRecord` s (checked already by
+    the JSON connector's fast lane) or dicts; each gets its own answer, in input order.
     """
     from evalsvc.errors import PayloadTooLarge
     from evalsvc.store.db import write_session
@@ -424,16 +429,21 @@ def ingest_batch(
     if len(items) > max_batch_records:
         raise PayloadTooLarge(f"batch has {len(items)} records; the limit is {max_batch_records}", field="records")
     with gc_paused():
-        ready = [(i, it) for i, it in enumerate(items, start=offset) if isinstance(it, StepRecord)]
-        raw = [it for it in items if not isinstance(it, StepRecord)]
-        raw_index = [i for i, it in enumerate(items, start=offset) if not isinstance(it, StepRecord)]
-        good, bad = parse_items(raw, max_record_bytes=max_record_bytes)
-        good = [(raw_index[i], rec) for i, rec in good] + ready
+        checked = (StepRecord, WireRecord)
+        ready: list[tuple[int, StepRecord | WireRecord]] = [
+            (i, it) for i, it in enumerate(items, start=offset) if isinstance(it, checked)
+        ]
+        raw = [it for it in items if not isinstance(it, checked)]
+        raw_index = [i for i, it in enumerate(items, start=offset) if not isinstance(it, checked)]
+        parsed, bad = parse_items(raw, max_record_bytes=max_record_bytes)
+        good: list[tuple[int, StepRecord | WireRecord]] = [(raw_index[i], rec) for i, rec in parsed]
+        if ready:  # in input order: at a tie between two records of one key, the later one corrects
+            good = sorted(good + ready, key=itemgetter(0)) if good else ready
         for b in bad:
             b.index = raw_index[b.index]
         with writer_turn(engine), write_session(engine) as session:
             report = ingest_records(session=session, project_id=project_id, records=good, evaluators=evaluators)
-        if bad or ready:  # otherwise the answers are in input order already
+        if bad:  # otherwise the answers are in input order already
             report.items.extend(bad)
             report.items.sort(key=attrgetter("index"))
     return report

@@ -18,6 +18,7 @@ from evalsvc.schemas import RUN_STEP_KEY, RunStatus, StepRecord, StepStatus
 from evalsvc.store.db import json_dumps
 from evalsvc.store.models import Run, Step, table
 from evalsvc.store.sql import chunks
+from evalsvc.wire import WireRecord
 
 from ._bulk import dbapi, driver_cursor, insert_returning, key_match, pg_ts, sqlite_ts
 
@@ -77,7 +78,7 @@ def upsert_runs(
     *,
     session: Session,
     project_id: int,
-    records: Sequence[tuple[int, StepRecord]],
+    records: Sequence[tuple[int, StepRecord | WireRecord]],
     now: datetime,
     steps: dict[NaturalKey, dict[str, Any]],
 ) -> dict[tuple[str, str], RunInfo]:
