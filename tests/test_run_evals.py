@@ -205,3 +205,30 @@ def test_a_run_changed_in_nothing_judged_is_not_judged_again(api: Api, settings:
     assert api.get("/v1/runs/r4").json()["status"] == "failed"
     (again,) = _evals(api, "clean_run")
     assert again == verdict
+
+
+def test_run_steps_stay_out_of_ingest_counts_and_step_baselines(api: Api, settings: Settings) -> None:
+    """A run step is evalsvc's own row, not an ingested record: /metrics does not count it, and a
+    drift baseline takes it only when its target asks for kind ``run``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from evalsvc.pipeline.baselines import BaselineTarget, HistoryWindow, select_steps
+
+    api.apply(EVALUATORS)
+    api.ingest([record("r5", "extract"), record("r5", "reply", output="ok")])
+    assert _run_step(api, "r5") is not None
+    samples = {(s.name, s.labels.get("project")): s.value
+               for f in text_string_to_metric_families(api.client.get("/metrics").text) for s in f.samples}  # fmt: skip
+    assert samples[("evalsvc_records_ingested_total", "default")] == 2
+
+    engine = get_engine(settings.resolved_database_url())
+    with engine.connect() as conn:
+        pid = conn.execute(sa.text("SELECT id FROM project WHERE name = 'default'")).scalar_one()
+
+    def keys(**target: str) -> list[str]:
+        steps, _ = select_steps(engine=engine, project_id=pid, target=BaselineTarget(**target),
+                                window=HistoryWindow(), limit=100, seed=1)  # fmt: skip
+        return sorted(s.step_key for s in steps)
+
+    assert keys(workflow="invoice-agent") == ["extract", "reply"]
+    assert keys(kind="run") == [RUN_STEP_KEY]

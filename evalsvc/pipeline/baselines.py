@@ -35,13 +35,15 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from evalsvc.errors import InvalidInput, NotFound
-from evalsvc.schemas import TERMINAL_STEP_STATUSES, StepPublic
+from evalsvc.schemas import RUN_STEP_KEY, TERMINAL_STEP_STATUSES, StepPublic
 from evalsvc.settings import Settings
 from evalsvc.store.db import write_session
 from evalsvc.store.models import Run, Step, table
 from evalsvc.store.models_stats import StatBaseline
 from evalsvc.store.sql import chunks
 from scorers.stats import NeedsBaseline, Profile, ProfileSpec, fit_profile
+
+from .run_evals import RUN_STEP_KIND
 
 __all__ = [
     "BaselineConfig",
@@ -228,6 +230,8 @@ def select_steps(
     how many there were in all."""
     s, r = table(Step), table(Run)
     where: list[Any] = [s.c.project_id == project_id]
+    if target.kind != RUN_STEP_KIND:  # run steps (run-level evaluators) only when the target asks for them
+        where.append(s.c.step_key != RUN_STEP_KEY)
     for column, pattern in ((s.c.name, target.step), (s.c.kind, target.kind), (s.c.model, target.model),
                             (r.c.workflow, target.workflow), (r.c.source, target.source)):  # fmt: skip
         if pattern is not None and not _GLOB_CHARS.search(pattern):

@@ -24,6 +24,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
+from evalsvc.schemas import RUN_STEP_KEY
 from evalsvc.store.models import Action, EvalResult, Project, Step, table
 from evalsvc.store.models_scoring import BudgetUsage
 
@@ -60,7 +61,8 @@ def store_counts(*, engine: Engine) -> StoreCounts:
         for pid in names:
             out.records[project(pid)] = 0
             out.queue_depth[project(pid)] = 0
-        for pid, n in conn.execute(sa.select(s.c.project_id, sa.func.count()).group_by(s.c.project_id)):
+        stored = sa.select(s.c.project_id, sa.func.count()).where(s.c.step_key != RUN_STEP_KEY)  # ingested only
+        for pid, n in conn.execute(stored.group_by(s.c.project_id)):
             out.records[project(pid)] = int(n)
         q = sa.select(r.c.project_id, r.c.evaluator, r.c.status, r.c.passed, sa.func.count()).group_by(
             r.c.project_id, r.c.evaluator, r.c.status, r.c.passed
