@@ -8,7 +8,7 @@ decoding them (``list[msgspec.Raw]``), and each record is decoded and checked in
 
 The lane only ever *accepts* what ``StepRecord`` accepts, with the same values. Anything it does
 not take as it is (a record msgspec rejects, one with an ``error``, a reserved step key, an end
-before the start, a number of 19 digits or more, a record near the size limit) goes the usual way (pydantic), which gives the
+before the start, an integer past 64 bits, a record near the size limit) goes the usual way (pydantic), which gives the
 answer and the message naming the field. ``tests/test_wire.py`` checks the two ways agree.
 
     >>> import msgspec
@@ -96,7 +96,7 @@ def split_array(body: bytes) -> list[Raw]:
     return _split.decode(body)
 
 
-# digits as zeros: a run of 19 marks a number that orjson, the usual way's decoder, may read
+# digits as zeros: a run of 19 may be a number that orjson, the usual way's decoder, reads
 # differently (an integer past 64 bits becomes a float there; msgspec keeps it whole)
 _DIGITS_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
 _LONG_NUMBER = b"0" * 19
@@ -104,11 +104,12 @@ _LONG_NUMBER = b"0" * 19
 
 def decode_record(raw: Raw) -> WireRecord | None:
     """The record, or None when it must go the usual (pydantic) way."""
-    if _LONG_NUMBER in bytes(raw).translate(_DIGITS_AS_ZEROS):
-        return None
     try:
         rec = _decode.decode(raw)
     except msgspec.DecodeError:  # includes ValidationError: pydantic names the field
+        return None
+    # 19 digits in a row, in a string or not: look for an integer past 64 bits in the values
+    if _LONG_NUMBER in bytes(raw).translate(_DIGITS_AS_ZEROS) and any(map(_has_big_int, msgspec.structs.astuple(rec))):
         return None
     if rec.error is not None or rec.step_key == RUN_STEP_KEY:
         return None  # an error object is normalised by StepError; a reserved key gets pydantic's message
@@ -122,6 +123,19 @@ def decode_record(raw: Raw) -> WireRecord | None:
     if rec.started_at is not None and rec.ended_at is not None and rec.ended_at < rec.started_at:
         return None
     return rec
+
+
+_INT64 = range(-(2**63), 2**64)  # what orjson reads as an integer
+
+
+def _has_big_int(value: Any) -> bool:
+    if type(value) is int:
+        return value not in _INT64
+    if type(value) is dict:
+        return any(map(_has_big_int, value.values()))
+    if type(value) is list:
+        return any(map(_has_big_int, value))
+    return False
 
 
 def _aware(value: datetime) -> datetime:

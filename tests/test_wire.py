@@ -225,3 +225,11 @@ def test_the_connector_reads_an_array_in_the_fast_lane_and_hands_the_rest_on() -
     assert got[1]["source"] == "json" and got[1]["error"] == "boom"  # as to_steps hands it on
     assert conn.from_bytes(b'{"records": []}') is None  # other shapes: the caller decodes them
     assert conn.from_bytes(b"[1, 2") is None  # and words the error
+
+
+def test_long_digit_strings_stay_in_the_fast_lane_and_big_integers_leave_it() -> None:
+    trace_id = "0" * 31 + "1"  # zero-padded ids are digits only
+    assert _fast({**TYPICAL, "run_key": trace_id, "step_key": "0" * 16}) is not None
+    assert _fast({**TYPICAL, "attributes": {"n": 2**64 - 1}}) is not None  # orjson keeps it an integer
+    assert _fast({**TYPICAL, "attributes": {"n": 2**64}}) is None  # orjson makes it a float
+    assert _fast({**TYPICAL, "output": [{"deep": [-(2**63) - 1]}]}) is None
