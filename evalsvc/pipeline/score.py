@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 
 from evalsvc.errors import EvalServiceError
@@ -121,7 +122,7 @@ def _claim(engine: Engine, ids: Sequence[int]) -> list[Any]:
     stmt = (
         sa.update(e)
         .where(
-            e.c.id.in_(list(ids)),
+            _id_in(engine, e.c.id, ids),
             e.c.status == EvalStatus.pending.value,
             sa.or_(e.c.started_at.is_(None), e.c.started_at < now - timedelta(seconds=CLAIM_SECONDS)),
         )
@@ -130,6 +131,14 @@ def _claim(engine: Engine, ids: Sequence[int]) -> list[Any]:
     )
     with write_session(engine) as session:
         return sorted(session.execute(stmt).all())
+
+
+def _id_in(engine: Engine, column: Any, ids: Sequence[int]) -> Any:
+    """``column IN (ids)``; on PostgreSQL ``column = ANY(array)``, one parameter instead of one per
+    id (psycopg's conversion of a thousand parameters cost more than the statement)."""
+    if engine.dialect.name == "postgresql":
+        return column == sa.any_(sa.cast(sa.literal(list(ids), ARRAY(sa.BigInteger)), ARRAY(sa.BigInteger)))
+    return column.in_(list(ids))
 
 
 def _load(engine: Engine, ids: Sequence[int]) -> list[_Pending]:
@@ -146,7 +155,7 @@ def _load(engine: Engine, ids: Sequence[int]) -> list[_Pending]:
         steps: dict[int, dict[str, Any]] = {}
         step_cols = [s.c[c] for c in _STEP_COLS]
         for part in chunks(sorted({row.step_id for row in results}), 2000):
-            for values in conn.execute(sa.select(*step_cols).where(s.c.id.in_(part))):
+            for values in conn.execute(sa.select(*step_cols).where(_id_in(engine, s.c.id, part))):
                 steps[values[0]] = dict(zip(_STEP_COLS, values, strict=True))
         runs = {}
         for part in chunks(sorted({row.run_id for row in results}), 2000):
