@@ -127,6 +127,12 @@ def test_demo_runs_end_to_end_offline(env: dict[str, str], tmp_path: Path) -> No
     assert "failed evals" in out and "review queue" in out
     assert "0 bad signatures" in out and "signed deliveries verified" in out
     assert "evalsvc runs show inv-" in out
+    # on_fail: retry went back to the simulated orchestrator, whose re-runs were ingested and scored
+    assert "retry round 1: at evalsvc's request the orchestrator re-ran" in out
+    assert "pass it on a later attempt" in out and "no orchestrator adapter" not in out
+    retried = [e for e in json.loads(run(env, "evals", "list", "--project", "demo", "--json", "--limit", "10000"))
+               if e["evaluator"] == "invoice_extraction_schema" and e["attempt"] > 1]  # fmt: skip
+    assert retried and any(e["passed"] for e in retried)
     # the report's store is the one the other commands read
     shown = run(env, "evals", "list", "--failed", "--project", "demo", "--json")
     assert json.loads(shown)

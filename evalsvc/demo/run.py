@@ -3,7 +3,8 @@
 It simulates a few hundred runs of an invoice agent, writes them as JSON lines, applies the
 bundled ``evalsvc.yaml``, ingests the file through the same path as ``evalsvc ingest``, scores
 everything in-process, sends the webhook actions to a local receiver that checks their signatures,
-and prints a report. It works in the project ``demo``, which it resets first.
+asks the simulated orchestrator to re-run the extractions that failed their schema (and ingests and
+scores the new attempts), and prints a report. It works in the project ``demo``, which it resets first.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections import Counter
 from datetime import timedelta
 from importlib.resources import files
+from typing import Any
 
 import sqlalchemy as sa
 import yaml
@@ -22,17 +24,20 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session
 
+from evalsvc.adapters.base import register as register_adapter
 from evalsvc.pipeline.evaluators import apply_evaluators, parse_specs
 from evalsvc.settings import Settings
 from evalsvc.store.models import Action, EvalResult, Evaluator, ReviewItem, Run, Step, table, utcnow
 from evalsvc.store.queries import EvalPublic
 
+from .orchestrator import DemoAdapter, SimulatedOrchestrator
 from .receiver import WebhookReceiver
 from .simulate import simulate_runs, write_jsonl
 
 __all__ = ["run_demo"]
 
 PROJECT = "demo"
+RETRIED = "invoice_extraction_schema"  # the bundled evaluator with on_fail: retry
 
 
 def _reset(engine: sa.Engine, project_id: int) -> None:
@@ -71,20 +76,43 @@ def run_demo(*, console: Console, runs: int = 300, seed: int = 7) -> None:
             apply_evaluators(session=session, project_id=ctx.project_id, specs=specs, settings=settings)
 
         start = utcnow() - timedelta(seconds=runs * 100)
-        records = simulate_runs(runs=runs, seed=seed, start=start)
+        clean: dict[tuple[str, str], Any] = {}
+        orchestrator = SimulatedOrchestrator(simulate_runs(runs=runs, seed=seed, start=start, clean=clean), clean=clean)
+        register_adapter(DemoAdapter)  # on_fail: retry re-runs steps on the simulated orchestrator
+        DemoAdapter.orchestrator = orchestrator
         path = home / "demo" / "invoice-agent.jsonl"
-        write_jsonl(records, path)
-        console.print(f"simulated {runs} runs of invoice-agent: {len(records)} records → {path}")
+        write_jsonl(orchestrator.first, path)
+        console.print(f"simulated {runs} runs of invoice-agent: {len(orchestrator.first)} records → {path}")
 
-        report = ingest_file(ctx, path, connector="json", chunk=5000)
-        s = report.summary()
-        console.print(f"ingested: {s['accepted']} accepted, {s['duplicate']} duplicate, {s['rejected']} rejected")
-        result = drain(engine=ctx.engine, settings=settings)
-        sc = result.score
-        console.print(
-            f"scored {sc.scored + sc.skipped + sc.errors} evals: {sc.passed} passed, {sc.failed} failed, "
-            f"{sc.skipped} skipped, {sc.errors} errors"
-        )
+        try:
+            report = ingest_file(ctx, path, connector="json", chunk=5000)
+            s = report.summary()
+            console.print(f"ingested: {s['accepted']} accepted, {s['duplicate']} duplicate, {s['rejected']} rejected")
+            sc = drain(engine=ctx.engine, settings=settings).score
+            console.print(
+                f"scored {sc.scored + sc.skipped + sc.errors} evals: {sc.passed} passed, {sc.failed} failed, "
+                f"{sc.skipped} skipped, {sc.errors} errors"
+            )
+            # the loop: failed extractions were sent back to the orchestrator; its re-runs come in
+            # through the same connector and are scored in turn, until nothing is re-run
+            for round_no in range(1, 6):
+                rerun = orchestrator.take()
+                if not rerun:
+                    break
+                retry_path = home / "demo" / f"invoice-agent.retries-{round_no}.jsonl"
+                write_jsonl(rerun, retry_path)
+                ingest_file(ctx, retry_path, connector="json", chunk=5000)
+                sc = drain(engine=ctx.engine, settings=settings).score
+                attempts = sorted({r["attempt"] for r in rerun if r.get("ended_at")})
+                console.print(
+                    f"retry round {round_no}: at evalsvc's request the orchestrator re-ran "
+                    f"{sum(1 for r in rerun if r.get('ended_at'))} steps (attempt {', '.join(map(str, attempts))}); "
+                    f"their evals: {sc.passed} passed, {sc.failed} failed"
+                )
+        finally:
+            DemoAdapter.orchestrator = None
+        with ctx.session() as session:
+            _retry_summary(console, session, ctx.project_id, retries=orchestrator.retries)
 
         with ctx.session() as session:
             _report(console, session, ctx.project_id)
@@ -116,6 +144,21 @@ def run_demo(*, console: Console, runs: int = 300, seed: int = 7) -> None:
         "evalsvc keys create --project demo && evalsvc serve # the HTTP API at http://127.0.0.1:8000/docs",
     ):
         console.print(f"  {line}", highlight=False)
+
+
+def _retry_summary(console: Console, session: Session, project_id: int, *, retries: int) -> None:
+    """How the extractions that failed their schema ended up, per run."""
+    from evalsvc.store.queries import list_evals
+
+    verdicts: dict[str, list[tuple[int, bool | None]]] = {}
+    for e in list_evals(session=session, project_id=project_id, evaluator=RETRIED, limit=100_000):
+        verdicts.setdefault(e.run_key, []).append((e.attempt, e.passed))
+    failed_first = [sorted(v) for v in verdicts.values() if (1, False) in v]
+    fixed = sum(1 for v in failed_first if v[-1][1] is True)
+    console.print(
+        f"retries: {retries} re-runs asked by evalsvc; of the {len(failed_first)} runs whose first extraction failed "
+        f"{RETRIED}, {fixed} pass it on a later attempt, {len(failed_first) - fixed} gave up at the retry limit"
+    )
 
 
 def _report(console: Console, session: Session, project_id: int) -> None:

@@ -35,9 +35,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RATES", "simulate_runs", "write_jsonl"]
+__all__ = ["RATES", "SOURCE", "simulate_runs", "write_jsonl"]
 
 WORKFLOW = "invoice-agent"
+SOURCE = "demo"  # the simulated orchestrator (evalsvc/demo/orchestrator.py)
 MODEL = "gpt-4o-mini"
 USD_PER_INPUT_TOKEN = 0.15 / 1_000_000
 USD_PER_OUTPUT_TOKEN = 0.60 / 1_000_000
@@ -88,7 +89,7 @@ def _cost(input_tokens: int, output_tokens: int) -> float:
 def _step(run_key: str, step_key: str, kind: str, started: datetime, latency_s: float, **fields: Any) -> dict[str, Any]:
     """An end record: ``fields`` with None values are left out."""
     record: dict[str, Any] = {
-        "source": "json",
+        "source": SOURCE,
         "workflow": WORKFLOW,
         "run_key": run_key,
         "step_key": step_key,
@@ -141,7 +142,9 @@ def _email(rng: random.Random, label: str, doc: dict[str, Any], contact: str) ->
     return subject, body
 
 
-def _run(rng: random.Random, index: int, started: datetime) -> list[dict[str, Any]]:
+def _run(
+    rng: random.Random, index: int, started: datetime, clean: dict[tuple[str, str], Any] | None = None
+) -> list[dict[str, Any]]:
     run_key = f"inv-{index:06d}"
     vendor, vendor_id, contact = rng.choice(_VENDORS)
     label = "invoice" if rng.random() < 0.9 else "receipt"
@@ -185,6 +188,8 @@ def _run(rng: random.Random, index: int, started: datetime) -> list[dict[str, An
 
     # 2. extract_invoice (attempt 2 after a malformed attempt 1)
     outputs: list[Any] = [doc]
+    if clean is not None:  # what a good extraction returns, for a re-run the simulation did not plan
+        clean[(run_key, "extract_invoice")] = doc
     if rng.random() < RATES["extract_bad_first"]:
         second_bad = rng.random() < RATES["extract_bad_second_given_first"]
         outputs = [_malformed(rng, doc), _malformed(rng, doc) if second_bad else doc]
@@ -319,15 +324,18 @@ def _start_record(end: dict[str, Any]) -> dict[str, Any]:
     return {**{k: end[k] for k in keep if k in end}, "status": "running"}
 
 
-def simulate_runs(*, runs: int = 300, seed: int = 7, start: datetime | None = None) -> list[dict[str, Any]]:
-    """Records of ``runs`` runs of the invoice agent; the same ``seed`` gives the same records."""
+def simulate_runs(
+    *, runs: int = 300, seed: int = 7, start: datetime | None = None, clean: dict[tuple[str, str], Any] | None = None
+) -> list[dict[str, Any]]:
+    """Records of ``runs`` runs of the invoice agent; the same ``seed`` gives the same records.
+    ``clean``, if given, gets the correct output of each run's extraction, by (run key, step key)."""
     rng = random.Random(seed)
     moment = start or DEFAULT_START
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     out: list[dict[str, Any]] = []
     for index in range(1, runs + 1):
-        records = _run(rng, index, moment)
+        records = _run(rng, index, moment, clean)
         if rng.random() < RATES["start_record"]:
             at = rng.randrange(len(records))
             records.insert(at, _start_record(records[at]))
