@@ -2,7 +2,8 @@
 
 ```
 EvalServiceError
-├── NotFound · Conflict · InvalidInput · PayloadTooLarge · Unauthorized
+├── NotFound · Conflict · PayloadTooLarge · Unauthorized · Overloaded
+├── InvalidInput → BadOtlpBody · UnsupportedMediaType
 ├── ConnectorError → PayloadRejected · UnknownConnector
 └── ScorerError → UnknownScorer
     ├── RetryableError       (rate limit, timeout: retried with backoff)
@@ -23,11 +24,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "BadOtlpBody",
     "Conflict",
     "ConnectorError",
     "EvalServiceError",
     "InvalidInput",
     "NotFound",
+    "Overloaded",
     "PayloadRejected",
     "PayloadTooLarge",
     "RetryableError",
@@ -36,6 +39,7 @@ __all__ = [
     "UnknownConnector",
     "UnknownScorer",
     "UnrecoverableError",
+    "UnsupportedMediaType",
 ]
 
 
@@ -80,6 +84,25 @@ class PayloadTooLarge(EvalServiceError):
 class Unauthorized(EvalServiceError):
     code = "unauthorized"
     http_status = 401
+
+
+class BadOtlpBody(InvalidInput):
+    """The body is not an OTLP trace export at all (OTLP/HTTP answers 400 for that)."""
+
+    code = "invalid_otlp"
+    http_status = 400
+
+
+class UnsupportedMediaType(InvalidInput):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class Overloaded(EvalServiceError):
+    """Too many requests in progress: retry after the ``Retry-After`` seconds."""
+
+    code = "overloaded"
+    http_status = 503
 
 
 class ConnectorError(EvalServiceError):

@@ -31,7 +31,7 @@ from fastapi.responses import Response
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from connectors.otlp import OtlpConnector, Translation, decode_protobuf
-from evalsvc.errors import EvalServiceError, InvalidInput, PayloadRejected, PayloadTooLarge
+from evalsvc.errors import BadOtlpBody, Overloaded, PayloadRejected, PayloadTooLarge, UnsupportedMediaType
 from evalsvc.pipeline._bulk import gc_paused
 from evalsvc.pipeline.ingest import IngestReport, ingest_batch
 from evalsvc.settings import Settings
@@ -46,25 +46,6 @@ router = APIRouter(tags=["ingest"])
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 MAX_MESSAGES = 5  # rejected spans named in partial_success.error_message
-
-
-class BadOtlpBody(InvalidInput):
-    """The body is not an OTLP trace export at all (OTLP/HTTP answers 400 for that)."""
-
-    code = "invalid_otlp"
-    http_status = 400
-
-
-class UnsupportedMediaType(InvalidInput):
-    code = "unsupported_media_type"
-    http_status = 415
-
-
-class Overloaded(EvalServiceError):
-    """Too many requests in progress: retry after the ``Retry-After`` seconds."""
-
-    code = "overloaded"
-    http_status = 503
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
