@@ -10,59 +10,46 @@ True
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from evalsvc.errors import InvalidInput, UnknownScorer
+from evalsvc.registry import Registry
 
 from .base import Scorer
 
 __all__ = ["available", "create", "get", "load_entry_points", "register"]
 
-_REGISTRY: dict[str, type[Any]] = {}
 T = TypeVar("T", bound=type[Any])
-
-
-def register(cls: T) -> T:
-    """Class decorator: add a scorer under its ``name``; a missing or taken name is an error."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"scorer {cls.__qualname__} has no name")
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"scorer name {name!r} is already registered by {_REGISTRY[name].__qualname__}")
-    _REGISTRY[name] = cls
-    return cls
 
 
 def _builtins() -> None:
     from . import llm, rule, stats  # noqa: F401  (register the built-in scorers)
 
 
+_REGISTRY = Registry("scorer", key="name", group="evalsvc.scorers", builtins=_builtins)
+
+
+def register(cls: T) -> T:
+    """Class decorator: add a scorer under its ``name``; a missing or taken name is an error."""
+    return _REGISTRY.register(cls)
+
+
 def load_entry_points(names: Iterable[str]) -> None:
     """Load the third-party scorers that configuration asks for, and only those."""
-    wanted = {n for n in names if n not in _REGISTRY}
-    if not wanted:
-        return
-    for ep in entry_points(group="evalsvc.scorers"):
-        if ep.name in wanted:
-            register(ep.load())
+    _REGISTRY.load_entry_points(set(names))
 
 
 def get(name: str) -> type[Any]:
-    _builtins()
-    if name not in _REGISTRY:
-        load_entry_points([name])
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownScorer(name, available=list(_REGISTRY)) from None
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise UnknownScorer(name, available=_REGISTRY.names())
+    return cls
 
 
 def available() -> list[str]:
-    _builtins()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def create(name: str, params: Mapping[str, Any]) -> Scorer:

@@ -88,7 +88,7 @@ def test_a_scorer_without_an_example_gets_a_placeholder(monkeypatch: pytest.Monk
 def test_an_example_that_does_not_validate_fails_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
     from scorers import registry
 
-    monkeypatch.setitem(registry._REGISTRY, "test_bad_example", BadExample)
+    monkeypatch.setitem(registry._REGISTRY._classes, "test_bad_example", BadExample)
     with pytest.raises(CatalogError, match=r"'test_bad_example': its example does not validate: params\.threshold_ms"):
         scorers_markdown(scorers={"test_bad_example": BadExample})
 

@@ -10,9 +10,9 @@ orchestrator wherever the orchestrator takes one (Temporal request ids, Inngest 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
+from evalsvc.registry import Registry
 from evalsvc.settings import Settings
 
 __all__ = ["ActionContext", "ActionFailed", "Adapter", "available", "get", "kinds_for", "register"]
@@ -50,36 +50,29 @@ class Adapter(Protocol):
     def perform(self, ctx: ActionContext) -> dict[str, Any]: ...
 
 
-_REGISTRY: dict[str, type[Any]] = {}
-_LOADED = False
 T = TypeVar("T", bound=type[Any])
 
 
-def register(cls: T) -> T:
-    source = getattr(cls, "source", None)
-    if not isinstance(source, str) or not source:
-        raise TypeError(f"adapter {cls.__qualname__} has no source")
-    if source in _REGISTRY and _REGISTRY[source] is not cls:
-        raise ValueError(f"an adapter for source {source!r} is already registered")
-    _REGISTRY[source] = cls
-    return cls
-
-
-def _load() -> None:
-    global _LOADED
-    if _LOADED:
-        return
+def _builtins() -> None:
     from . import builtin  # noqa: F401  (registers the built-in adapters)
 
-    for ep in entry_points(group="evalsvc.adapters"):
-        register(ep.load())
-    _LOADED = True
+
+# every installed adapter is loaded on first use: any source may need one
+_REGISTRY = Registry("adapter", key="source", group="evalsvc.adapters", builtins=_builtins)
+
+
+def register(cls: T) -> T:
+    return _REGISTRY.register(cls)
+
+
+def _find(source: str) -> type[Any] | None:
+    _REGISTRY.load_entry_points()
+    return _REGISTRY.get(source)
 
 
 def get(source: str) -> Adapter | None:
     """The adapter of a source, or None when no orchestrator adapter is installed for it."""
-    _load()
-    cls = _REGISTRY.get(source)
+    cls = _find(source)
     if cls is None:
         return None
     adapter: Adapter = cls()
@@ -88,11 +81,9 @@ def get(source: str) -> Adapter | None:
 
 def kinds_for(source: str) -> frozenset[str]:
     """The action kinds the adapter of ``source`` performs (empty without one)."""
-    _load()
-    cls = _REGISTRY.get(source)
+    cls = _find(source)
     return frozenset(cls.kinds) if cls is not None else frozenset()
 
 
 def available() -> dict[str, list[str]]:
-    _load()
-    return {s: sorted(c.kinds) for s, c in sorted(_REGISTRY.items())}
+    return {s: sorted(c.kinds) for s, c in _REGISTRY.classes().items()}

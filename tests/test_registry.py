@@ -1,0 +1,43 @@
+"""The one plug-in registry behind scorers, connectors and orchestrator adapters."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+import evalsvc.registry
+from connectors import available as connectors
+from evalsvc.adapters import available as adapters
+from evalsvc.registry import Registry
+from scorers.registry import available as scorers
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(evalsvc.registry).failed == 0
+
+
+def test_a_taken_or_missing_key_is_refused_and_the_same_class_twice_is_fine() -> None:
+    reg = Registry("widget", key="source", group="evalsvc.test-widgets")
+
+    class A:
+        source = "x"
+
+    class B:
+        source = "x"
+
+    class Nameless:
+        pass
+
+    assert reg.register(A) is A and reg.register(A) is A
+    with pytest.raises(ValueError, match="widget source 'x' is already registered by"):
+        reg.register(B)
+    with pytest.raises(TypeError, match="has no source"):
+        reg.register(Nameless)
+    assert reg.classes() == {"x": A}
+
+
+def test_the_three_registries_list_their_built_ins() -> None:
+    assert {"json", "otlp", "temporal", "inngest", "celery", "langfuse", "langsmith"} <= set(connectors())
+    assert {"json_schema", "regex", "llm_judge"} <= set(scorers())
+    assert {"temporal", "celery", "inngest"} <= set(adapters())
