@@ -385,13 +385,22 @@ def actions_list(
 
 
 @review_app.command("list")
-def review_list(project: ProjectOpt = "default", status: str = "open", as_json: JsonOpt = False) -> None:
-    """Review items (`--status open|approved|rejected|all`)."""
+def review_list(
+    project: ProjectOpt = "default",
+    status: str = "open",
+    queue: Annotated[str | None, typer.Option(help="Only items of this review queue (on_fail.queue).")] = None,
+    assignee: str | None = None,
+    limit: int = 100,
+    offset: Annotated[int, typer.Option(help="Skip this many items (oldest first): the next page.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Review items, oldest first (`--status open|approved|rejected|all`)."""
     from evalsvc.store.queries import list_reviews
 
     ctx = Ctx(project)
     with ctx.session() as session:
-        rows = list_reviews(session=session, project_id=ctx.project_id, status=None if status == "all" else status)
+        rows = list_reviews(session=session, project_id=ctx.project_id, status=None if status == "all" else status,
+                            queue=queue, assignee=assignee, limit=limit, offset=offset)  # fmt: skip
     out.emit(console, rows, as_json, out.reviews_table)
 
 

@@ -133,6 +133,11 @@ def test_demo_runs_end_to_end_offline(env: dict[str, str], tmp_path: Path) -> No
     retried = [e for e in json.loads(run(env, "evals", "list", "--project", "demo", "--json", "--limit", "10000"))
                if e["evaluator"] == "invoice_extraction_schema" and e["attempt"] > 1]  # fmt: skip
     assert retried and any(e["passed"] for e in retried)
+    # the review queue, a page at a time, oldest first
+    queue = json.loads(run(env, "review", "list", "--project", "demo", "--json"))
+    page = json.loads(run(env, "review", "list", "--project", "demo", "--limit", "1", "--offset", "1", "--json"))
+    assert len(queue) >= 2 and [r["id"] for r in page] == [queue[1]["id"]]
+    assert json.loads(run(env, "review", "list", "--project", "demo", "--queue", "nope", "--json")) == []
     # the report's store is the one the other commands read
     shown = run(env, "evals", "list", "--failed", "--project", "demo", "--json")
     assert json.loads(shown)

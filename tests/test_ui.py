@@ -153,3 +153,38 @@ def test_revoking_the_key_signs_the_browser_out(api: Api, settings: Settings) ->
         revoke_key(session=session, project=get_project(session=session, name="default"), prefix=api.key[:12])
     r = api.client.get("/ui/runs", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
+
+
+REVIEW_QUEUES = """
+evaluators:
+  - {name: total_checked, scorer: json_schema, target: {step: extract},
+     params: {schema: {type: object, properties: {total: {type: number}}}}, on_fail: {action: review, queue: finance}}
+  - {name: reply_not_blank, scorer: not_empty, target: {step: reply}, on_fail: {action: review, queue: triage}}
+"""
+
+
+def test_review_queue_pages_and_filters_by_queue(api: Api) -> None:
+    """More open items than a page: the API, the CLI's store query and the UI page through them
+    oldest first, and a queue filter applies before the limit (not to one page of results)."""
+    api.apply(REVIEW_QUEUES)
+    api.ingest([record(f"q{i:03d}", "extract", output={"total": "x"}) for i in range(55)]
+               + [record("q999", "reply", output="")])  # fmt: skip
+    everything = api.get("/v1/reviews", params={"limit": 1000}).json()
+    assert len(everything) == 56 and [r["queue"] for r in everything].count("triage") == 1
+    first = api.get("/v1/reviews", params={"limit": 50}).json()
+    rest = api.get("/v1/reviews", params={"limit": 50, "offset": 50}).json()
+    assert [r["id"] for r in first + rest] == [r["id"] for r in everything]
+    (triage,) = api.get("/v1/reviews", params={"queue": "triage", "limit": 10}).json()  # beyond the first 10
+    assert triage["run_key"] == "q999"
+
+    _sign_in(api.client, api.key)
+    page1 = api.client.get("/ui/reviews").text
+    assert 'data-testid="queue-filter"' in page1 and ">finance<" in page1 and ">triage<" in page1
+    assert page1.count('data-testid="review-') == 50 and 'rel="next"' in page1
+    page2 = api.client.get("/ui/reviews", params={"page": 2}).text
+    assert page2.count('data-testid="review-') == 6 and 'rel="next"' not in page2
+    only = api.client.get("/ui/reviews", params={"queue": "triage"}).text
+    assert only.count('data-testid="review-') == 1 and f'data-testid="review-{triage["id"]}"' in only
+    # a decision made on page 2 comes back to page 2 of the same list
+    assert 'name="next" value="/ui/reviews?status=open&amp;page=2"' in page2
+    assert api.client.get("/ui/reviews", params={"page": 0}).status_code == 422

@@ -342,8 +342,17 @@ def list_actions(
 
 
 def list_reviews(
-    *, session: Session, project_id: int, status: str | None = "open", review_id: int | None = None, limit: int = 100
+    *,
+    session: Session,
+    project_id: int,
+    status: str | None = "open",
+    review_id: int | None = None,
+    queue: str | None = None,
+    assignee: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
 ) -> list[ReviewPublic]:
+    """Review items, oldest first (the order a queue is worked in), filtered in the query."""
     q = (
         sa.select(
             ReviewItem,
@@ -363,7 +372,11 @@ def list_reviews(
         q = q.where(col(ReviewItem.status) == status)
     if review_id is not None:
         q = q.where(col(ReviewItem.id) == review_id)
-    q = q.order_by(col(ReviewItem.id)).limit(limit)
+    if queue is not None:
+        q = q.where(col(ReviewItem.queue) == queue)
+    if assignee is not None:
+        q = q.where(col(ReviewItem.assignee) == assignee)
+    q = q.order_by(col(ReviewItem.id)).limit(limit).offset(offset)
     out = []
     for item, evaluator, explanation, run_key, source, step_key, attempt in session.execute(q):
         pub = ReviewPublic.model_validate(item)
@@ -426,3 +439,14 @@ def list_evaluator_rows(*, session: Session, project_id: int, include_inactive: 
         EvaluatorPublic.model_validate(e)
         for e in session.exec(q.order_by(col(Evaluator.name), col(Evaluator.id))).all()
     ]
+
+
+def review_queues(*, session: Session, project_id: int) -> list[str]:
+    """The names of the project's review queues (``on_fail.queue``) that hold items."""
+    q = (
+        sa.select(col(ReviewItem.queue))
+        .where(col(ReviewItem.project_id) == project_id, col(ReviewItem.queue).is_not(None))
+        .distinct()
+        .order_by(col(ReviewItem.queue))
+    )
+    return [name for (name,) in session.execute(q)]

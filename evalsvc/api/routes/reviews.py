@@ -38,11 +38,10 @@ def reviews(
     queue: str | None = Query(default=None, description="Only items of this review queue."),
     assignee: str | None = Query(default=None, description="Only items assigned to this person."),
     limit: int = Query(default=100, ge=1, le=1000),
+    offset: int = Query(default=0, ge=0, description="Skip this many items (oldest first): the next page."),
 ) -> list[ReviewPublic]:
-    items = list_reviews(
-        session=session, project_id=project.id or 0, status=None if status == "all" else status, limit=limit
-    )
-    return [i for i in items if (queue is None or i.queue == queue) and (assignee is None or i.assignee == assignee)]
+    return list_reviews(session=session, project_id=project.id or 0, status=None if status == "all" else status,
+                        queue=queue, assignee=assignee, limit=limit, offset=offset)  # fmt: skip
 
 
 @router.get("/reviews/{review_id}", response_model=ReviewDetail)

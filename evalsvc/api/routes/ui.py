@@ -23,7 +23,7 @@ from evalsvc.pipeline.reviews import decide_review
 from evalsvc.schemas import RunStatus
 from evalsvc.store.db import write_session
 from evalsvc.store.models import Project
-from evalsvc.store.queries import get_run, list_evals, list_evaluator_rows, list_reviews, list_runs
+from evalsvc.store.queries import get_run, list_evals, list_evaluator_rows, list_reviews, list_runs, review_queues
 from evalsvc.ui import COOKIE, STATIC_DIR, csrf_token, templates
 from evalsvc.ui.charts import pass_rate_svg
 from evalsvc.ui.data import (
@@ -270,18 +270,32 @@ def reviews_page(request: Request, session: SessionDep) -> Response:
     auth = _signed_in(request, session)
     if auth is None:
         return _to_login(request)
-    status = request.query_params.get("status") or "open"
-    if status not in REVIEW_STATUSES:
-        return _error(request, auth, 422, f"must be one of {', '.join(REVIEW_STATUSES)}, got {status!r}", "status")
-    items = list_reviews(session=session, project_id=auth[0].id or 0, status=None if status == "all" else status,
-                         limit=200)  # fmt: skip
+    q = request.query_params
+    status = q.get("status") or "open"
+    queue = q.get("queue") or None
+    try:
+        if status not in REVIEW_STATUSES:
+            raise _Bad(422, f"must be one of {', '.join(REVIEW_STATUSES)}, got {status!r}", "status")
+        page = _int(q.get("page"), "page", default=1)
+    except _Bad as exc:
+        return _error(request, auth, exc.status, exc.message, exc.field)
+    rows = list_reviews(session=session, project_id=auth[0].id or 0, status=None if status == "all" else status,
+                        queue=queue, limit=PAGE + 1, offset=(page - 1) * PAGE)  # fmt: skip
+    items = rows[:PAGE]
+    keep = {"status": status, **({"queue": queue} if queue else {})}
     decided = None
     if request.query_params.get("decided", "").isdigit():
         found = list_reviews(session=session, project_id=auth[0].id or 0, status=None,
                              review_id=int(request.query_params["decided"]))  # fmt: skip
         decided = found[0] if found else None
-    return _page(request, "reviews.html", auth, items=items, status=status, statuses=REVIEW_STATUSES,
-                 decided=decided, follow_up=request.query_params.get("follow_up"))  # fmt: skip
+    return _page(
+        request, "reviews.html", auth, items=items, status=status, statuses=REVIEW_STATUSES, queue=queue or "",
+        queues=review_queues(session=session, project_id=auth[0].id or 0), page=page,
+        here="/ui/reviews?" + urlencode({**keep, "page": page}),
+        prev_url="?" + urlencode({**keep, "page": page - 1}) if page > 1 else None,
+        next_url="?" + urlencode({**keep, "page": page + 1}) if len(rows) > PAGE else None,
+        decided=decided, follow_up=q.get("follow_up"),
+    )  # fmt: skip
 
 
 @router.post("/ui/reviews/{review_id}/{decision}")
