@@ -65,6 +65,15 @@ def test_runs_list_filters_pages_and_scoping(api: Api, other_api: Api) -> None:
     assert ">r3<" in wf and ">r1<" not in wf
     assert ">r1<" in client.get("/ui/runs", params={"status": "completed", "since": "2026-01-01"}).text
     assert 'data-testid="empty"' in client.get("/ui/runs", params={"since": "2999-01-01"}).text
+    # a window: runs last changed in [since, until)
+    assert 'data-testid="empty"' in client.get("/ui/runs", params={"until": "2026-01-01"}).text
+    window = client.get("/ui/runs", params={"since": "2026-01-01", "until": "2999-01-01"}).text
+    assert all(f">{k}<" in window for k in ("r1", "r2", "r3"))
+    assert [r["run_key"] for r in api.get("/v1/runs", params={"until": "2026-01-01T00:00:00Z"}).json()] == []
+    r = client.get("/ui/runs", params={"since": "2026-02-01", "until": "2026-01-01"})
+    assert r.status_code == 422 and "<code>until</code>: must be after" in r.text
+    r = client.get("/ui/runs", params={"until": "soon"})
+    assert r.status_code == 422 and "<code>until</code>" in r.text
     # bad input: a clear 4xx naming the field
     r = client.get("/ui/runs", params={"status": "bogus"})
     assert r.status_code == 422 and "<code>status</code>: must be one of" in r.text

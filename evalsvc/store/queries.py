@@ -217,6 +217,7 @@ def list_runs(
     workflow: str | None = None,
     failed_evaluator: str | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> list[RunPublic]:
@@ -241,6 +242,8 @@ def list_runs(
         q = q.where(col(Run.workflow) == workflow)
     if since:
         q = q.where(col(Run.updated_at) >= since)
+    if until:
+        q = q.where(col(Run.updated_at) < until)
     q = q.order_by(col(Run.started_at).desc().nullslast(), col(Run.id).desc()).limit(limit).offset(offset)
     out = []
     for run, n in session.execute(q):

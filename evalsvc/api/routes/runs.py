@@ -28,7 +28,8 @@ def runs(
     status: str | None = None,
     workflow: str | None = None,
     failed_evaluator: str | None = Query(default=None, description="Only runs this evaluator failed."),
-    since: datetime | None = None,
+    since: datetime | None = Query(default=None, description="Only runs last changed at or after this time."),
+    until: datetime | None = Query(default=None, description="Only runs last changed before this time."),
     limit: int = Query(default=50, ge=1, le=1000),
     offset: int = Query(default=0, ge=0),
 ) -> list[RunPublic]:
@@ -39,6 +40,7 @@ def runs(
         workflow=workflow,
         failed_evaluator=failed_evaluator,
         since=since,
+        until=until,
         limit=limit,
         offset=offset,
     )

@@ -123,7 +123,8 @@ def _int(value: str | None, field: str, *, default: int, low: int = 1) -> int:
     return n
 
 
-def _since(value: str | None) -> datetime | None:
+def _since(value: str | None, field: str = "since") -> datetime | None:
+    """A time filter: 24h, 7d, 30d (that long ago) or an ISO date or time (UTC unless it says)."""
     if not value:
         return None
     if value in SINCE_PRESETS:
@@ -131,7 +132,7 @@ def _since(value: str | None) -> datetime | None:
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        raise _Bad(422, f"must be 24h, 7d, 30d or an ISO date such as 2026-11-01, got {value!r}", "since") from None
+        raise _Bad(422, f"must be 24h, 7d, 30d or an ISO date such as 2026-11-01, got {value!r}", field) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
@@ -197,9 +198,12 @@ def runs_page(request: Request, session: SessionDep) -> Response:
             raise _Bad(422, f"must be one of {', '.join(RunStatus.__members__)}, got {status!r}", "status")
         page = _int(q.get("page"), "page", default=1)
         since = _since(q.get("since"))
+        until = _since(q.get("until"), "until")
+        if since is not None and until is not None and until <= since:
+            raise _Bad(422, f"must be after 'updated since' ({q.get('since')})", "until")
     except _Bad as exc:
         return _error(request, auth, exc.status, exc.message, exc.field)
-    filters = {k: q.get(k, "") for k in ("status", "workflow", "failed_evaluator", "since")}
+    filters = {k: q.get(k, "") for k in ("status", "workflow", "failed_evaluator", "since", "until")}
     rows = list_runs(
         session=session,
         project_id=auth[0].id or 0,
@@ -207,6 +211,7 @@ def runs_page(request: Request, session: SessionDep) -> Response:
         workflow=q.get("workflow") or None,
         failed_evaluator=q.get("failed_evaluator") or None,
         since=since,
+        until=until,
         limit=PAGE + 1,
         offset=(page - 1) * PAGE,
     )
