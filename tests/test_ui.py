@@ -114,17 +114,22 @@ def test_run_page_failed_evals_and_review_decision(api: Api, other_api: Api) -> 
     assert f'data-testid="review-{review["id"]}"' in queue
     token = _csrf(queue)
     url = f"/ui/reviews/{review['id']}/approve"
-    form = {"csrf": token, "comment": "looks fine", "reviewer": "ana", "next": "/ui/reviews"}
+    form = {"csrf": token, "comment": "looks fine", "reviewer": "ana", "next": "/ui/reviews", "human_verdict": "pass"}
     assert client.post(url, data={**form, "csrf": "0" * 32}).status_code == 403
     r = client.post(url, data=form, headers={"origin": "https://evil.example"})
     assert r.status_code == 403 and "cross-origin" in r.text
     assert client.post(f"/ui/reviews/{review['id']}/maybe", data=form).status_code == 404
+    r = client.post(url, data={**form, "human_verdict": "maybe"}, headers={"origin": "http://testserver"})
+    assert r.status_code == 422 and "<code>human_verdict</code>" in r.text
     r = client.post(url, data=form, headers={"origin": "http://testserver"}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == f"/ui/reviews?decided={review['id']}"
     notice = client.get(r.headers["location"]).text
     assert "approved with comment “looks fine”" in notice and "No follow-up action" in notice
     (decided,) = api.get("/v1/reviews", params={"status": "all"}).json()
     assert (decided["status"], decided["reviewer"], decided["comment"]) == ("approved", "ana", "looks fine")
+    assert decided["human_passed"] is True  # the reviewer's own verdict, kept beside the scorer's
+    assert "(output is right)" in client.get("/ui/reviews", params={"status": "all"}).text
+    assert 'data-testid="human-verdict">reviewer: output is right' in client.get("/ui/runs/r1").text
     r = client.post(url, data=form)
     assert r.status_code == 409 and "already approved" in r.text
     assert "looks fine" in client.get("/ui/runs/r1").text

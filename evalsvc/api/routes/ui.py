@@ -268,6 +268,7 @@ def failed_evals_page(request: Request, session: SessionDep) -> Response:
 
 
 REVIEW_STATUSES = ("open", "approved", "rejected", "all")
+HUMAN_VERDICTS: dict[str, bool | None] = {"": None, "pass": True, "fail": False}  # the form's human_verdict
 
 
 @router.get("/ui/reviews")
@@ -321,10 +322,14 @@ async def decide(
             raise _Bad(422, "must be at most 10000 characters", "comment")
         if len(reviewer) > 128:
             raise _Bad(422, "must be at most 128 characters", "reviewer")
+        verdict = form.get("human_verdict", "")
+        if verdict not in HUMAN_VERDICTS:
+            raise _Bad(422, f"must be pass, fail or empty, got {verdict!r}", "human_verdict")
         with write_session(engine) as ws:
             item, follow_up = decide_review(
                 session=ws, project_id=auth[0].id or 0, review_id=review_id,
                 decision="approved" if decision == "approve" else "rejected", reviewer=reviewer, comment=comment,
+                human_passed=HUMAN_VERDICTS[verdict],
             )  # fmt: skip
     except _Bad as exc:
         return _error(request, auth, exc.status, exc.message, exc.field)
