@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
@@ -34,7 +35,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except EvalServiceError as exc:
-            err.print(f"[red]error[/red] {exc.message}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error[/red] {escape(exc.message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(4 if 400 <= exc.http_status < 500 else 1) from None
 
 
@@ -101,7 +102,9 @@ def main() -> None:
     except ValidationError as exc:
         for e in exc.errors(include_url=False):
             name = "EVALSVC_" + "_".join(str(p) for p in e["loc"]).upper()
-            err.print(f"[red]error[/red] {name}: {e['msg'].removeprefix('Value error, ')}", highlight=False)
+            err.print(
+                f"[red]error[/red] {escape(name)}: {escape(e['msg'].removeprefix('Value error, '))}", highlight=False
+            )
         sys.exit(4)
     configure_logging(settings, service=False)
     app()

@@ -4,6 +4,7 @@ $ evalsvc baseline promote main --from baseline.jsonl --config evalsvc.yaml
 $ evalsvc baseline promote production --from production --evaluator answer_ok --step answer --since 2026-11-01
 $ evalsvc baseline show main
 $ evalsvc gate --candidate candidate.jsonl --baseline main --config evalsvc.yaml --junit gate.xml --markdown gate.md
+$ evalsvc gate --candidate store --attr release=rc-42 --baseline main --config evalsvc.yaml
 
 Exit codes of `gate`: 0 pass, 1 regression, 2 inconclusive (0 with EVALSVC_GATE_FAIL_ON_INCONCLUSIVE=false),
 3 error (judge outage, too many scorer errors, no items), 4 configuration or baseline problem; `--mode shadow`
@@ -20,6 +21,7 @@ from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
+from rich.markup import escape
 from typer.core import TyperCommand
 
 from evalsvc.errors import EvalServiceError, InvalidInput
@@ -60,7 +62,13 @@ class _GateCommand(TyperCommand):
 
 @app.command(cls=_GateCommand)
 def gate(
-    candidate: Annotated[Path, typer.Option(help="Step records of the changed code on the dataset (JSONL, ...).")],
+    candidate: Annotated[
+        str,
+        typer.Option(
+            help="Step records of the changed code on the dataset (a JSONL file, ...), or `store`: "
+            "runs already ingested, picked by --run, --workflow, --attr, --since, --until."
+        ),
+    ],
     baseline: Annotated[str, typer.Option(help="Name of the pinned baseline to compare with.")],
     config: _Config = Path("evalsvc.yaml"),
     connector: _Connector = "json",
@@ -70,22 +78,31 @@ def gate(
     mode: Annotated[
         Mode, typer.Option(help="enforce: exit with the verdict's code; shadow: report, exit 0.")
     ] = Mode.enforce,
+    run: Annotated[list[str] | None, typer.Option("--run", help="store: this run key (repeatable).")] = None,
+    workflow: Annotated[str | None, typer.Option(help="store: runs of this workflow.")] = None,
+    attr: Annotated[
+        list[str] | None, typer.Option("--attr", help="store: runs whose run attribute KEY is VALUE (KEY=VALUE).")
+    ] = None,
+    since: Annotated[datetime | None, typer.Option(help="store: runs started at or after (ISO; UTC).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="store: runs started before (ISO; UTC).")] = None,
     project: ProjectOpt = "default",
 ) -> None:
     """Score a candidate with the configured evaluators and compare it with a baseline, item by item.
-    Example: `evalsvc gate --candidate candidate.jsonl --baseline main --config evalsvc.yaml --junit gate.xml`."""
+    Example: `evalsvc gate --candidate candidate.jsonl --baseline main --config evalsvc.yaml --junit gate.xml`;
+    runs already in the store: `evalsvc gate --candidate store --attr release=rc-42 --baseline main`."""
     from evalsvc.gate.report import print_result, to_json, to_markdown, write_junit
     from evalsvc.gate.run import run_gate
 
     shadow = mode is Mode.shadow
     outputs = {"junit": junit, "markdown": markdown, "json_out": json_out}
     try:
+        chosen = _candidate(candidate, runs=run or [], workflow=workflow, attrs=attr or [], since=since, until=until)
         ctx = Ctx(project)
         status = (
             err.status("scoring the candidate and comparing it with the baseline") if err.is_terminal else nullcontext()
         )
         with status:
-            result = run_gate(engine=ctx.engine, project_id=ctx.project_id, config=config, candidate=candidate,
+            result = run_gate(engine=ctx.engine, project_id=ctx.project_id, config=config, candidate=chosen,
                               baseline=baseline, connector=connector,
                               fail_on_inconclusive=ctx.settings.gate_fail_on_inconclusive)  # fmt: skip
     except EvalServiceError as exc:
@@ -107,17 +124,46 @@ def gate(
     raise typer.Exit(0 if shadow else result.exit_code)
 
 
+def _candidate(
+    value: str,
+    *,
+    runs: list[str],
+    workflow: str | None,
+    attrs: list[str],
+    since: datetime | None,
+    until: datetime | None,
+) -> Any:
+    """A file, or with ``store`` the stored runs the selectors pick (a selector without ``store``
+    is a mistake: said, exit 4)."""
+    from evalsvc.gate.candidate import StoredRuns
+
+    selectors = bool(runs or workflow or attrs or since or until)
+    if value != "store":
+        if selectors:
+            raise InvalidInput("--run, --workflow, --attr, --since and --until pick stored runs; "
+                               "use them with --candidate store", field="candidate")  # fmt: skip
+        return Path(value)
+    pairs = []
+    for text in attrs:
+        key, sep, val = text.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"must be KEY=VALUE, got {text!r}", field="attr")
+        pairs.append((key, val))
+    return StoredRuns(runs=tuple(runs), workflow=workflow, attributes=tuple(pairs), since=_aware(since),
+                      until=_aware(until))  # fmt: skip
+
+
 def _stop(message: str, code: int, shadow: bool, outputs: dict[str, Path | None] | None = None) -> NoReturn:
     from evalsvc.gate.report import write_error_reports
 
     kind = "CONFIG ERROR" if code == 4 else "ERROR"
-    err.print(f"[red]error[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error[/red] {escape(message)}", highlight=False, soft_wrap=True)
     if outputs:
         try:
             write_error_reports(verdict=kind, code=code, message=message, mode="shadow" if shadow else "enforce",
                                 **outputs)  # fmt: skip
         except OSError as exc:
-            err.print(f"[red]error[/red] cannot write the report: {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error[/red] cannot write the report: {escape(str(exc))}", highlight=False, soft_wrap=True)
     if shadow:
         console.print(f"verdict: {kind} (shadow mode: would exit {code}; exits 0)", highlight=False)
         raise typer.Exit(0)

@@ -324,3 +324,39 @@ def test_judge_shares_the_verdict_cache_and_an_outage_exits_3(env: dict[str, str
     out = gate(env, data, _rewrite(base, tmp_path / "new.jsonl", changed), 3, config=config)
     assert "summary_ok: 60 errors" in out and "judge call failed" in out
     gate(env, data, base, 0, config=config)  # the judge is down, but these verdicts are cached
+
+
+def test_a_candidate_already_in_the_store(env: dict[str, str], data: dict[str, Path], tmp_path: Path) -> None:
+    """`--candidate store` scores stored runs (picked by run attribute, workflow, run key or time)
+    in memory, with the same verdict as the same records given as a file."""
+    promote(env, data)
+    for name, release in (("candidate_ok", "ok"), ("candidate_regressed", "bad")):
+        tagged = _rewrite(data[name], tmp_path / f"{name}.tagged.jsonl",
+                          lambda _, r, release=release: {**r, "run_attributes": {"release": release}})  # fmt: skip
+        run(env, "ingest", str(tagged))
+    stored: dict[str, Any] = {}
+    for release, code in (("ok", 0), ("bad", 1)):
+        out_json = tmp_path / f"store-{release}.json"
+        out = run(env, "gate", "--candidate", "store", "--attr", f"release={release}", "--baseline", "main",
+                  "--config", str(data["config"]), "--json", str(out_json), code=code)  # fmt: skip
+        assert verdict_line(out) == ({0: "PASS", 1: "REGRESSION"}[code], code)
+        stored[release] = json.loads(out_json.read_text())
+        assert stored[release]["candidate"] == f"stored runs: release={release}"
+    from_file = tmp_path / "file-bad.json"
+    gate(env, data, data["candidate_regressed"], 1, "--json", str(from_file))
+    same = json.loads(from_file.read_text())
+    assert [(e["name"], e["verdict"], e["comparison"]) for e in stored["bad"]["evaluators"]] == [
+        (e["name"], e["verdict"], e["comparison"]) for e in same["evaluators"]]  # fmt: skip
+    # a few runs by key: too few items to tell
+    few = ["ok-inv-0001", "ok-inv-0002", "ok-inv-0003"]
+    out = run(env, "gate", "--candidate", "store", *(a for k in few for a in ("--run", k)), "--baseline", "main",
+              "--config", str(data["config"]), code=2)  # fmt: skip
+    assert verdict_line(out) == ("INCONCLUSIVE", 2)
+    # selectors need `store`, `store` needs a selector, an attribute needs KEY=VALUE: exit 4, named
+    for args, field in (
+        (["--candidate", str(data["candidate_ok"]), "--workflow", "invoice-agent"], "candidate"),
+        (["--candidate", "store"], "candidate"),
+        (["--candidate", "store", "--attr", "release"], "attr"),
+    ):
+        out = run(env, "gate", *args, "--baseline", "main", "--config", str(data["config"]), code=4)
+        assert f"[{field}]" in out and verdict_line(out) == ("CONFIG ERROR", 4)

@@ -26,6 +26,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from scorers.registry import create
 
 __all__ = [
     "Outcome",
+    "StoredRuns",
     "count",
     "group_by_key",
     "item_id",
@@ -51,6 +53,7 @@ __all__ = [
     "read_steps",
     "record_to_public",
     "score_steps",
+    "stored_steps",
 ]
 
 _ITEM_KEYS = ("item_id", "dataset_item")
@@ -118,6 +121,81 @@ def read_steps(path: Path, *, connector: str) -> list[tuple[StepPublic, dict[str
         record = rec.model_dump(mode="json", exclude_defaults=True)
         out.append((record_to_public(record, step_id=i, run_id=run_id), record, _item_of(rec)))
     return out
+
+
+@dataclass(frozen=True)
+class StoredRuns:
+    """A candidate already in the store: the runs matching every given selector (the nightly run of
+    a release candidate, a canary's traffic). Their steps are scored in memory like a file's."""
+
+    runs: tuple[str, ...] = ()
+    workflow: str | None = None
+    attributes: tuple[tuple[str, str], ...] = ()  # run attributes, compared as text
+    since: datetime | None = None  # on the run's start
+    until: datetime | None = None
+
+    def __str__(self) -> str:
+        parts = [f"runs {', '.join(self.runs)}"] if self.runs else []
+        parts += [f"workflow {self.workflow}"] if self.workflow else []
+        parts += [f"{k}={v}" for k, v in self.attributes]
+        parts += [f"since {self.since.isoformat()}"] if self.since else []
+        parts += [f"until {self.until.isoformat()}"] if self.until else []
+        return "stored runs: " + "; ".join(parts)
+
+
+def stored_steps(
+    *, engine: Engine, project_id: int, select: StoredRuns
+) -> list[tuple[StepPublic, dict[str, Any], str]]:
+    """The finished steps of the selected stored runs as ``(step, record, item id)``, the last
+    attempt of each step (run steps of run-level evaluators left out)."""
+    from evalsvc.schemas import RUN_STEP_KEY, TERMINAL_STEP_STATUSES
+    from evalsvc.store.models import Run, Step
+
+    if not (select.runs or select.workflow or select.attributes or select.since or select.until):
+        raise InvalidInput("select the candidate's stored runs with --run, --workflow, --attr, --since or --until",
+                           field="candidate")  # fmt: skip
+    r, st = table(Run), table(Step)
+    q = sa.select(r.c.id, r.c.source, r.c.run_key, r.c.workflow, r.c.attributes).where(r.c.project_id == project_id)
+    if select.runs:
+        q = q.where(r.c.run_key.in_(select.runs))
+    if select.workflow:
+        q = q.where(r.c.workflow == select.workflow)
+    if select.since:
+        q = q.where(r.c.started_at >= select.since)
+    if select.until:
+        q = q.where(r.c.started_at < select.until)
+    cols = [st.c[name] for name in StepPublic.model_fields if name in st.c and name not in ("source", "workflow")]
+    out: list[tuple[StepPublic, dict[str, Any], str]] = []
+    with engine.connect() as conn:
+        runs = {
+            row.id: row
+            for row in conn.execute(q.order_by(r.c.id))
+            if all(str((row.attributes or {}).get(k)) == v for k, v in select.attributes)
+        }
+        for part in _chunked(sorted(runs), 500):
+            steps = (
+                sa.select(*cols)
+                .where(st.c.run_id.in_(part), st.c.step_key != RUN_STEP_KEY,
+                       st.c.status.in_(sorted(TERMINAL_STEP_STATUSES)))
+                .order_by(st.c.run_id, st.c.step_key, st.c.attempt)
+            )  # fmt: skip
+            latest: dict[tuple[int, str], dict[str, Any]] = {}
+            for row in conn.execute(steps):
+                latest[(row.run_id, row.step_key)] = dict(row._mapping)  # ordered by attempt: the last wins
+            for data in latest.values():
+                run = runs[data["run_id"]]
+                data.update(source=run.source, run_key=run.run_key, workflow=run.workflow,
+                            attributes=data.get("attributes") or {})  # fmt: skip
+                step = StepPublic.model_validate(data)
+                record = step.model_dump(mode="json", exclude={"id", "run_id", "latency_ms"})
+                out.append((step, record, item_id(step.attributes, run.attributes, run_key=run.run_key,
+                                                  step_key=step.step_key)))  # fmt: skip
+    return out
+
+
+def _chunked(ids: list[int], size: int) -> Iterable[list[int]]:
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
 
 
 def _item_of(rec: StepRecord) -> str:

@@ -38,7 +38,7 @@ from evalsvc.errors import InvalidInput
 from evalsvc.schemas import EvaluatorSpec, StepPublic
 
 from .baselines import Baseline, load_baseline, load_steps
-from .candidate import Outcome, group_by_key, read_steps, record_to_public, score_steps
+from .candidate import Outcome, StoredRuns, group_by_key, read_steps, record_to_public, score_steps, stored_steps
 from .config import GateConfig, load_gate_config
 from .stats import Comparison, decide, holm, paired_binary, paired_scores
 
@@ -126,7 +126,7 @@ def run_gate(
     engine: Engine,
     project_id: int,
     config: Path,
-    candidate: Path,
+    candidate: Path | StoredRuns,
     baseline: str,
     connector: str = "json",
     fail_on_inconclusive: bool = True,
@@ -136,7 +136,10 @@ def run_gate(
     if base is None:
         raise InvalidInput(f"no baseline named {baseline!r}; promote one with `evalsvc baseline promote`",
                            field="baseline")  # fmt: skip
-    steps = read_steps(candidate, connector=connector)
+    if isinstance(candidate, StoredRuns):
+        steps = stored_steps(engine=engine, project_id=project_id, select=candidate)
+    else:
+        steps = read_steps(candidate, connector=connector)
     repeats = {s.name: gate.of(s.name).repeats for s in specs}
     cand = score_steps(engine=engine, project_id=project_id, specs=specs, steps=list(steps), repeats=repeats)
     base_outcomes = _baseline_outcomes(engine, project_id, base, specs)
