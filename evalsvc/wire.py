@@ -8,8 +8,9 @@ decoding them (``list[msgspec.Raw]``), and each record is decoded and checked in
 
 The lane only ever *accepts* what ``StepRecord`` accepts, with the same values. Anything it does
 not take as it is (a record msgspec rejects, one with an ``error``, a reserved step key, an end
-before the start, an integer past 64 bits, a record near the size limit) goes the usual way (pydantic), which gives the
-answer and the message naming the field. ``tests/test_wire.py`` checks the two ways agree.
+before the start, an integer past 64 bits, a record near the size limit) goes the usual way
+(pydantic), which gives the answer and the message naming the field. ``tests/test_wire.py`` checks
+that the two ways agree.
 
     >>> import msgspec
     >>> rec = decode_record(msgspec.Raw(b'{"run_key": "r1", "step_key": "a", "output": {"x": 1}}'))
@@ -32,8 +33,6 @@ from pydantic import TypeAdapter, ValidationError
 from evalsvc.schemas import RUN_STEP_KEY, RunStatus, StepStatus
 
 __all__ = ["WireRecord", "decode_record", "record_partial", "split_array"]
-
-NULL = Raw(b"null")
 
 # the limits of StepRecord's fields (evalsvc/schemas.py); \Z, not $: Python's $ also matches
 # before a final newline, pydantic's does not

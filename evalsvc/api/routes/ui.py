@@ -123,6 +123,14 @@ def _int(value: str | None, field: str, *, default: int, low: int = 1) -> int:
     return n
 
 
+def _pager(keep: dict[str, Any], page: int, *, more: bool) -> dict[str, Any]:
+    """The links to the previous and next page of a list, keeping its filters."""
+    return {
+        "prev_url": "?" + urlencode({**keep, "page": page - 1}) if page > 1 else None,
+        "next_url": "?" + urlencode({**keep, "page": page + 1}) if more else None,
+    }
+
+
 def _since(value: str | None, field: str = "since") -> datetime | None:
     """A time filter: 24h, 7d, 30d (that long ago) or an ISO date or time (UTC unless it says)."""
     if not value:
@@ -219,8 +227,7 @@ def runs_page(request: Request, session: SessionDep) -> Response:
     return _page(
         request, "runs.html", auth, runs=rows[:PAGE], filters=filters, page=page,
         actions=actions_by_run(session=session, project_id=auth[0].id or 0, run_ids=[r.id for r in rows[:PAGE]]),
-        prev_url="?" + urlencode({**keep, "page": page - 1}) if page > 1 else None,
-        next_url="?" + urlencode({**keep, "page": page + 1}) if len(rows) > PAGE else None,
+        **_pager(keep, page, more=len(rows) > PAGE),
         statuses=list(RunStatus.__members__), workflows=workflows(session=session, project_id=auth[0].id or 0),
         evaluators=evaluator_names(session=session, project_id=auth[0].id or 0),
     )  # fmt: skip
@@ -262,8 +269,7 @@ def failed_evals_page(request: Request, session: SessionDep) -> Response:
     return _page(
         request, "evals.html", auth, evals=rows[:PAGE], evaluator=evaluator or "", page=page,
         evaluators=evaluator_names(session=session, project_id=auth[0].id or 0),
-        prev_url="?" + urlencode({**keep, "page": page - 1}) if page > 1 else None,
-        next_url="?" + urlencode({**keep, "page": page + 1}) if len(rows) > PAGE else None,
+        **_pager(keep, page, more=len(rows) > PAGE),
     )  # fmt: skip
 
 
@@ -298,8 +304,7 @@ def reviews_page(request: Request, session: SessionDep) -> Response:
         request, "reviews.html", auth, items=items, status=status, statuses=REVIEW_STATUSES, queue=queue or "",
         queues=review_queues(session=session, project_id=auth[0].id or 0), page=page,
         here="/ui/reviews?" + urlencode({**keep, "page": page}),
-        prev_url="?" + urlencode({**keep, "page": page - 1}) if page > 1 else None,
-        next_url="?" + urlencode({**keep, "page": page + 1}) if len(rows) > PAGE else None,
+        **_pager(keep, page, more=len(rows) > PAGE),
         decided=decided, follow_up=q.get("follow_up"),
     )  # fmt: skip
 
