@@ -164,12 +164,15 @@ def test_celery_sweep_sends_run_level_work_to_the_workers(settings: Settings, re
     with TestClient(create_app(settings)) as client:
         a = Api(client, make_key(settings, "default"))
         a.apply(EVALUATORS)
-        a.ingest([record("r1", "extract"), record("r1", "reply")])  # no worker yet: the step task waits
-        assert queued() == 1 and _evals(a, "clean_run") == []
+        # no worker yet: the step task waits, and so does the look for final runs that ingest
+        # sent because the project has a run-level evaluator (no waiting for the 30 s sweep)
+        a.ingest([record("r1", "extract"), record("r1", "reply")])
+        assert queued() == 2 and _evals(a, "clean_run") == []
         runner = CeleryRunner(settings=settings)
-        # the periodic sweep sends the new run-level result even while other tasks wait
+        # the periodic sweep would send the new run-level result too, even while other tasks wait
+        # (a result scored twice is claimed once: tests/test_exactly_once.py)
         assert sweep(settings, runner=runner, periodic=True) == (1, 0)
-        assert queued() == 2
+        assert queued() == 3
         runner.app.close()
         worker = request.getfixturevalue("start_worker")()
 
@@ -232,3 +235,27 @@ def test_run_steps_stay_out_of_ingest_counts_and_step_baselines(api: Api, settin
 
     assert keys(workflow="invoice-agent") == ["extract", "reply"]
     assert keys(kind="run") == [RUN_STEP_KEY]
+
+
+@pytest.mark.parametrize("settings", ["postgres"], indirect=True)
+def test_with_celery_a_final_run_is_judged_without_waiting_for_the_sweep(
+    settings: Settings, request: pytest.FixtureRequest
+) -> None:
+    """Ingest hands the look for final runs to the workers at once (the evalsvc.final_runs task)
+    instead of leaving it to the workers' sweep, which runs at start and then every 30 s."""
+    settings = request.getfixturevalue("celery_settings")
+    with TestClient(create_app(settings)) as client:
+        a = Api(client, make_key(settings, "default"))
+        a.apply(EVALUATORS)
+        worker = request.getfixturevalue("start_worker")()
+        # (its start-up sweep may still see the run; the task in the log is what shows the hand-off)
+        wait_until(lambda: " ready." in worker.log.read_text(), what="the worker to be ready", worker=worker)
+        a.ingest([record("r7", "extract"), record("r7", "reply")])
+
+        def judged() -> list[dict[str, Any]] | None:
+            rows = [e for e in a.get("/v1/evals").json() if e["evaluator"] == "clean_run"]
+            return rows if rows and rows[0]["status"] == "completed" else None
+
+        (verdict,) = wait_until(judged, what="the run-level verdict", worker=worker)
+        assert verdict["run_key"] == "r7" and verdict["step_key"] == RUN_STEP_KEY and verdict["passed"] is True
+        assert "Task evalsvc.final_runs[" in worker.log.read_text()

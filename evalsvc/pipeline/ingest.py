@@ -83,6 +83,9 @@ class ItemResult:
 class IngestReport:
     items: list[ItemResult] = field(default_factory=list)
     pending_eval_ids: list[int] = field(default_factory=list)
+    # steps finished in a project with run-level evaluators: a run may have become final, and its
+    # run-level evaluations are due (evalsvc.pipeline.run_evals.schedule_final_runs)
+    run_level: bool = False
 
     def count(self, status: ItemStatus) -> int:
         return sum(1 for i in self.items if i.status == status)
@@ -94,6 +97,7 @@ class IngestReport:
     def extend(self, other: IngestReport) -> None:
         self.items.extend(other.items)
         self.pending_eval_ids.extend(other.pending_eval_ids)
+        self.run_level = self.run_level or other.run_level
 
 
 def _reject(index: int, loc: Sequence[Any], msg: str) -> ItemResult:
@@ -268,6 +272,7 @@ def ingest_records(
     if (terminal or terminal_updates) and evaluators is None:
         evaluators = load_active_evaluators(session=session, project_id=project_id)
     scheduling = bool(evaluators) and bool(terminal or terminal_updates)
+    report.run_level = scheduling and any(ev.spec.target.level == "run" for ev in evaluators or [])
 
     step_ids = _write_steps(
         session=session,

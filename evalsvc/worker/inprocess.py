@@ -48,6 +48,10 @@ class InProcessWorker:
         self._idle.clear()
         self._wake.set()
 
+    def submit_final_runs(self) -> None:  # each drain looks for final runs
+        self._idle.clear()
+        self._wake.set()
+
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until the worker has drained what was submitted (for tests and the demo)."""
         return self._idle.wait(timeout)

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 class Runner(Protocol):
     def submit_scores(self, ids: Sequence[int]) -> None: ...
     def submit_actions(self, ids: Sequence[int]) -> None: ...
+    def submit_final_runs(self) -> None:
+        """Runs may have become final: schedule (and score) their run-level evaluations."""
 
 
 @dataclass
@@ -93,6 +95,9 @@ class InlineRunner:
     def submit_actions(self, ids: Sequence[int]) -> None:
         dispatch_many(engine=self.engine, settings=self.settings, ids=ids)
 
+    def submit_final_runs(self) -> None:
+        self.submit_scores(schedule_final_runs(engine=self.engine))
+
 
 class CeleryRunner:
     """Sends ids to the Celery workers (``evalsvc worker``) through the broker."""
@@ -111,6 +116,10 @@ class CeleryRunner:
     def submit_actions(self, ids: Sequence[int]) -> None:
         for aid in ids:
             self.app.send_task("evalsvc.dispatch_action", args=[aid])
+
+    def submit_final_runs(self) -> None:
+        # a worker looks for final runs at once, rather than at its next sweep (every 30 s)
+        self.app.send_task("evalsvc.final_runs")
 
 
 def get_runner(*, engine: Engine, settings: Settings) -> Runner:

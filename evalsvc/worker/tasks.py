@@ -9,13 +9,14 @@ from sqlalchemy.exc import OperationalError
 
 from evalsvc.errors import RetryableError
 from evalsvc.pipeline.remediate import dispatch_action
+from evalsvc.pipeline.run_evals import schedule_final_runs
 from evalsvc.pipeline.score import score_pending
 from evalsvc.settings import get_settings
 from evalsvc.store.db import get_engine, migrate
 
 from .celery_app import app
 
-__all__ = ["dispatch_action_task", "score_results"]
+__all__ = ["dispatch_action_task", "final_runs", "score_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,3 +57,22 @@ def dispatch_action_task(action_id: int) -> str:
     if outcome.status == "retry" and outcome.retry_at is not None:
         dispatch_action_task.apply_async(args=[action_id], eta=outcome.retry_at)
     return outcome.status
+
+
+@app.task(
+    name="evalsvc.final_runs",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=8,
+)
+def final_runs() -> int:
+    """Store the run steps of runs that became final and send their run-level evaluations to be
+    scored (ingest sends this when steps finished in a project with run-level evaluators)."""
+    ids = schedule_final_runs(engine=_engine())
+    settings = get_settings()
+    for start in range(0, len(ids), settings.score_batch_size):
+        score_results.delay(ids[start : start + settings.score_batch_size])
+    return len(ids)

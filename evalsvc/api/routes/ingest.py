@@ -17,6 +17,7 @@ from connectors import get as get_connector
 from evalsvc.errors import InvalidInput, PayloadTooLarge
 from evalsvc.pipeline._bulk import gc_paused
 from evalsvc.pipeline.ingest import IngestReport, ingest_batch
+from evalsvc.worker import Runner
 
 from ..deps import EngineDep, ProjectDep, RunnerDep, SettingsDep
 from ..responses import JSONBytes
@@ -36,6 +37,16 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"body is over the limit of {limit} bytes", field="body")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def hand_over(runner: Runner, report: IngestReport) -> None:
+    """Give the worker side what a stored batch made due: its pending evaluations, and a look for
+    runs that became final when the project has run-level evaluators. A broker send may block:
+    off the event loop."""
+    if report.pending_eval_ids:
+        await run_in_threadpool(runner.submit_scores, report.pending_eval_ids)
+    if report.run_level:
+        await run_in_threadpool(runner.submit_final_runs)
 
 
 def _is_json_lines(content_type: str) -> bool:
@@ -85,8 +96,7 @@ async def ingest(
             )
 
     report = await run_in_threadpool(decode_and_ingest)
-    if report.pending_eval_ids:
-        await run_in_threadpool(runner.submit_scores, report.pending_eval_ids)  # a broker send may block
+    await hand_over(runner, report)
     summary = report.summary()
     status = 200 if summary["rejected"] == 0 else 422 if summary["rejected"] == len(report.items) else 207
     return JSONBytes({**summary, "items": [i.as_dict() for i in report.items]}, status_code=status)

@@ -37,7 +37,7 @@ from evalsvc.pipeline.ingest import IngestReport, ingest_batch
 from evalsvc.settings import Settings
 
 from ..deps import EngineDep, ProjectDep, RunnerDep, SettingsDep
-from .ingest import read_body
+from .ingest import hand_over, read_body
 
 __all__ = ["router"]
 
@@ -165,8 +165,7 @@ async def export_traces(
         out, report = await run_in_threadpool(decode_and_ingest)
     finally:
         gauge.count -= 1
-    if report.pending_eval_ids:
-        await run_in_threadpool(runner.submit_scores, report.pending_eval_ids)  # a broker send may block
+    await hand_over(runner, report)
     messages = [r.message for r in out.rejected[:MAX_MESSAGES]]
     bad_items = [i for i in report.items if i.status == "rejected"]
     for item in bad_items[: max(0, MAX_MESSAGES - len(messages))]:

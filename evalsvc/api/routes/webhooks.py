@@ -17,7 +17,7 @@ from evalsvc.pipeline.signed_webhooks import SIGNATURE_HEADER, ingest_inngest_we
 
 from ..deps import EngineDep, RunnerDep, SettingsDep
 from ..responses import JSONBytes
-from .ingest import read_body
+from .ingest import hand_over, read_body
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
@@ -43,7 +43,6 @@ async def inngest_webhook(request: Request, engine: EngineDep, settings: Setting
         )
 
     report = await run_in_threadpool(verify_and_ingest)
-    if report.pending_eval_ids:
-        await run_in_threadpool(runner.submit_scores, report.pending_eval_ids)
+    await hand_over(runner, report)
     return JSONBytes({**report.summary(), "project": settings.inngest_project,
                       "items": [i.as_dict() for i in report.items]})  # fmt: skip
