@@ -20,6 +20,15 @@ __all__ = ["dispatch_action_task", "final_runs", "score_results"]
 
 logger = logging.getLogger(__name__)
 
+# acknowledged when done (a worker that dies mid-task leaves it to another), retried with backoff
+_DURABLE: dict[str, Any] = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "retry_backoff": True,
+    "retry_jitter": True,
+    "max_retries": 8,
+}
+
 
 def _engine() -> Any:
     engine = get_engine(get_settings().resolved_database_url())
@@ -27,15 +36,7 @@ def _engine() -> Any:
     return engine
 
 
-@app.task(
-    name="evalsvc.score_results",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(RetryableError, OperationalError),
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=8,
-)
+@app.task(name="evalsvc.score_results", autoretry_for=(RetryableError, OperationalError), **_DURABLE)
 def score_results(ids: list[int]) -> dict[str, int]:
     report = score_pending(engine=_engine(), ids=ids, settings=get_settings())
     for aid in report.action_ids:
@@ -43,15 +44,7 @@ def score_results(ids: list[int]) -> dict[str, int]:
     return {"scored": report.scored, "failed": report.failed, "errors": report.errors}
 
 
-@app.task(
-    name="evalsvc.dispatch_action",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=8,
-)
+@app.task(name="evalsvc.dispatch_action", autoretry_for=(OperationalError,), **_DURABLE)
 def dispatch_action_task(action_id: int) -> str:
     outcome = dispatch_action(engine=_engine(), settings=get_settings(), action_id=action_id)
     if outcome.status == "retry" and outcome.retry_at is not None:
@@ -59,15 +52,7 @@ def dispatch_action_task(action_id: int) -> str:
     return outcome.status
 
 
-@app.task(
-    name="evalsvc.final_runs",
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=8,
-)
+@app.task(name="evalsvc.final_runs", autoretry_for=(OperationalError,), **_DURABLE)
 def final_runs() -> int:
     """Store the run steps of runs that became final and send their run-level evaluations to be
     scored (ingest sends this when steps finished in a project with run-level evaluators)."""
