@@ -443,7 +443,7 @@ def bench_scoring(home: Path, database_url: str | None, n: int, batch: int, chun
     from evalsvc.pipeline.ingest import ingest_batch
     from evalsvc.pipeline.projects import ensure_project
     from evalsvc.pipeline.schedule import load_active_evaluators
-    from evalsvc.pipeline.score import ScoreReport, pending_ids, score_pending
+    from evalsvc.pipeline.score import ScoreReport, pending_ids, score_stream
     from evalsvc.settings import Settings
     from evalsvc.store.db import dispose_engines, get_engine, session_scope
 
@@ -479,15 +479,16 @@ def bench_scoring(home: Path, database_url: str | None, n: int, batch: int, chun
         with engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE")
 
+    def pending_chunks() -> Iterator[list[int]]:
+        after = 0
+        while ids := pending_ids(engine=engine, limit=chunk, after_id=after):
+            after = ids[-1]
+            yield ids
+
     total = ScoreReport()
-    after = 0
     t0, c0 = time.perf_counter(), time.process_time()
-    while True:
-        ids = pending_ids(engine=engine, limit=chunk, after_id=after)
-        if not ids:
-            break
-        after = ids[-1]
-        total.add(score_pending(engine=engine, ids=ids))
+    for part in score_stream(engine=engine, id_chunks=pending_chunks(), settings=settings):  # what drain() does
+        total.add(part)
     figures.seconds = time.perf_counter() - t0
     figures.cpu_seconds = time.process_time() - c0
     figures.verdicts = total.scored + total.errors + total.skipped

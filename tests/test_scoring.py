@@ -7,6 +7,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Literal
 
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from evalsvc.api.main import create_app
@@ -124,3 +125,37 @@ def test_two_workers_given_the_same_ids_judge_each_step_once(settings: Settings)
         reports = list(pool.map(lambda _: score_pending(engine=engine, ids=ids), range(2)))
     assert SlowJudge.calls == 10
     assert sum(r.scored for r in reports) == 10
+
+
+def test_a_drain_of_many_chunks_scores_each_result_once(settings: Settings) -> None:
+    """drain() streams chunks (evalsvc.pipeline.score.score_stream): on PostgreSQL a chunk's
+    verdicts are stored while the next is scored. Rule chunks and judge chunks mixed, chunks of 7:
+    every result is scored once, in its own row, and each failure gets its review item once."""
+    from evalsvc.store.models import EvalResult, ReviewItem, table
+    from evalsvc.worker import drain
+
+    engine = get_engine(settings.resolved_database_url())
+    migrate(engine)
+    config = """
+evaluators:
+  - {name: not_blank, scorer: not_empty, target: {step: a}, on_fail: review}
+  - {name: judge, scorer: test_slow_judge, target: {step: b}}
+"""
+    with session_scope(engine) as session:
+        project_id = ensure_project(session=session, name="default").id or 0
+        apply_evaluators(session=session, project_id=project_id, specs=parse_config(config), settings=settings)
+    items = [record(f"r{i}", "a", output="" if i % 5 == 0 else "ok") for i in range(60)]
+    items += [record(f"r{i}", "b") for i in range(0, 60, 6)]  # judge results among the rules, by id
+    items.sort(key=lambda r: r["run_key"])
+    report = ingest_batch(engine=engine, project_id=project_id, items=items, max_batch_records=1000,
+                          max_record_bytes=10_000)  # fmt: skip
+    assert len(report.pending_eval_ids) == 70
+    SlowJudge.calls = 0
+    done = drain(engine=engine, settings=settings.model_copy(update={"score_batch_size": 7}))
+    assert (done.score.scored, done.score.failed, SlowJudge.calls) == (70, 12, 10)
+    e, r = table(EvalResult), table(ReviewItem)
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(sa.select(e.c.status, sa.func.count()).group_by(e.c.status)).all())
+        reviews = conn.execute(sa.select(sa.func.count()).select_from(r)).scalar_one()
+    assert statuses == {"completed": 70} and reviews == 12
+    assert drain(engine=engine, settings=settings).score.scored == 0  # nothing left, nothing twice

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -40,7 +41,7 @@ from ._bulk import dbapi, driver_cursor, gc_paused, json_text, pg_ts, sqlite_ts
 from .judging import JudgeGate
 from .remediate import FailedEval, plan_actions
 
-__all__ = ["ScoreReport", "pending_ids", "score_pending"]
+__all__ = ["ScoreReport", "pending_ids", "score_pending", "score_stream"]
 
 logger = logging.getLogger(__name__)
 _CONCURRENCY = 32
@@ -244,6 +245,58 @@ def score_pending(*, engine: Engine, ids: Sequence[int], settings: Settings | No
     return report
 
 
+def score_stream(
+    *, engine: Engine, id_chunks: Iterable[Sequence[int]], settings: Settings | None = None
+) -> Iterator[ScoreReport]:
+    """:func:`score_pending` over a stream of chunks (a drain), one report per chunk.
+
+    On PostgreSQL a chunk of rule verdicts is stored by a second thread while the next chunk is
+    claimed, loaded and scored: the database server works on the other core instead of waiting
+    for this process, and this process does not wait for it (one store in flight at a time, so a
+    failure surfaces at the next chunk). SQLite has one writer: chunks go one after the other."""
+    settings = settings or get_settings()
+    if engine.dialect.name != "postgresql":
+        for ids in id_chunks:
+            yield score_pending(engine=engine, ids=ids, settings=settings)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evalsvc-verdicts") as store:
+        in_flight: Future[ScoreReport] | None = None
+        for ids in id_chunks:
+            for part in chunks(list(ids), 2000):
+                with gc_paused():
+                    prepared = _prepare(engine, part)
+                    rules = prepared is not None and all(
+                        getattr(scorer, "kind", None) == "rule" for scorer, _ in prepared[1]
+                    )
+                    if prepared is not None and rules:
+                        specs, jobs, outcomes, started = prepared
+                        results = asyncio.run(_run_all(jobs)) if jobs else []
+                        ended = utcnow()
+                if in_flight is not None:
+                    yield in_flight.result()
+                    in_flight = None
+                if prepared is None:
+                    continue
+                if rules:
+                    in_flight = store.submit(_record_paused, engine, specs, outcomes, results, started, ended)
+                else:  # judges: the usual way (budgets, cache, fallbacks), nothing in flight meanwhile
+                    yield _score_prepared(engine, prepared, settings)
+        if in_flight is not None:
+            yield in_flight.result()
+
+
+def _record_paused(
+    engine: Engine,
+    specs: dict[int, EvaluatorSpec],
+    outcomes: list[_Outcome],
+    results: list[_Result],
+    started: datetime,
+    ended: datetime,
+) -> ScoreReport:
+    with gc_paused():
+        return _record(engine, specs, outcomes, results, started=started, ended=ended)
+
+
 def _score_chunk(engine: Engine, ids: Sequence[int], settings: Settings) -> ScoreReport:
     # the chunk's many objects live until it is stored: no garbage collection meanwhile (it would
     # walk them all, again and again), except while scorers that are not rules run (LLM judges,
@@ -256,6 +309,12 @@ def _score_chunk(engine: Engine, ids: Sequence[int], settings: Settings) -> Scor
         if all(getattr(scorer, "kind", None) == "rule" for scorer, _ in jobs):
             results = asyncio.run(_run_all(jobs)) if jobs else []
             return _record(engine, specs, outcomes, results, started=started, ended=utcnow())
+    return _score_prepared(engine, prepared, settings)
+
+
+def _score_prepared(engine: Engine, prepared: Any, settings: Settings) -> ScoreReport:
+    """A prepared chunk with judges in it: budgets and cache (JudgeGate), then the verdicts."""
+    specs, jobs, outcomes, started = prepared
     gate = JudgeGate(engine=engine, settings=settings, specs=specs, outcomes=outcomes, jobs=jobs)
     results = asyncio.run(_run_all(jobs, gate.before_calls if gate else None))
     if gate:

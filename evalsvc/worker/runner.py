@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from evalsvc.pipeline.remediate import DispatchOutcome, dispatch_action, due_action_ids
 from evalsvc.pipeline.run_evals import schedule_final_runs
-from evalsvc.pipeline.score import ScoreReport, pending_ids, score_pending
+from evalsvc.pipeline.score import ScoreReport, pending_ids, score_pending, score_stream
 from evalsvc.settings import Settings
 from evalsvc.store.sql import chunks
 
@@ -58,16 +58,17 @@ def drain(
     report = DrainReport()
     # final runs first: their run-level results join the pending ones scored below
     report.run_evals = len(schedule_final_runs(engine=engine))
-    after = 0
-    while True:
-        ids = pending_ids(engine=engine, limit=settings.score_batch_size, after_id=after)
-        if not ids:
-            break
-        after = ids[-1]
-        part = score_pending(engine=engine, ids=ids, settings=settings)
+
+    def pending() -> Iterator[list[int]]:
+        after = 0
+        while ids := pending_ids(engine=engine, limit=settings.score_batch_size, after_id=after):
+            after = ids[-1]
+            yield ids
+
+    for part in score_stream(engine=engine, id_chunks=pending(), settings=settings):
         report.score.add(part)
         if progress:
-            progress(len(ids))
+            progress(part.scored + part.errors + part.skipped)
     if dispatch:
         while True:
             due = due_action_ids(engine=engine, settings=settings)
