@@ -12,6 +12,7 @@ entry-point group and are loaded when a name is missing (or all of them, for a l
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ class Registry:
         self._builtins = builtins
         self._classes: dict[str, type[Any]] = {}
         self._all_loaded = False
+        self._loading = threading.RLock()  # re-entrant: a built-in module may look a name up
 
     def register(self, cls: T) -> T:
         """Class decorator: add ``cls`` under its key; a missing key, or one another class took,
@@ -43,19 +45,24 @@ class Registry:
         return cls
 
     def _load_builtins(self) -> None:
-        if self._builtins is not None:
-            builtins, self._builtins = self._builtins, None
-            builtins()
+        # other threads wait until every built-in is registered (scoring threads start together)
+        if self._builtins is None:
+            return
+        with self._loading:
+            if self._builtins is not None:
+                self._builtins()
+                self._builtins = None
 
     def load_entry_points(self, names: set[str] | None = None) -> None:
         """Load the entry points of the group: those named in ``names``, or all of them."""
-        if names is None:
-            if self._all_loaded:
-                return
-            self._all_loaded = True
-        for ep in entry_points(group=self.group):
-            if (names is None or ep.name in names) and ep.name not in self._classes:
-                self.register(ep.load())
+        with self._loading:
+            if names is None:
+                if self._all_loaded:
+                    return
+                self._all_loaded = True
+            for ep in entry_points(group=self.group):
+                if (names is None or ep.name in names) and ep.name not in self._classes:
+                    self.register(ep.load())
 
     def get(self, name: str) -> type[Any] | None:
         """The class registered as ``name`` (built-in or from an entry point), or None."""

@@ -41,3 +41,26 @@ def test_the_three_registries_list_their_built_ins() -> None:
     assert {"json", "otlp", "temporal", "inngest", "celery", "langfuse", "langsmith"} <= set(connectors())
     assert {"json_schema", "regex", "llm_judge"} <= set(scorers())
     assert {"temporal", "celery", "inngest"} <= set(adapters())
+
+
+def test_threads_that_look_up_together_all_see_the_built_ins() -> None:
+    """A second thread must not look while the first is still importing the built-ins (it would
+    find the name unknown: what scoring threads starting together in a Celery worker hit)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = threading.Event()
+
+    def builtins() -> None:
+        started.set()
+        time.sleep(0.2)  # a slow import
+
+        @reg.register
+        class Knob:
+            name = "knob"
+
+    reg = Registry("widget", key="name", group="evalsvc.test-widgets", builtins=builtins)
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda _: reg.get("knob"), range(8)))
+    assert started.is_set() and all(cls is not None and cls.__name__ == "Knob" for cls in found)
