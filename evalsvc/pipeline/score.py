@@ -2,9 +2,10 @@
 
 The database is the source of truth: a task carries result ids only, re-reads the rows, skips
 what is no longer ``pending``, and writes each verdict with ``WHERE status = 'pending'``, so a task
-that runs twice writes once; before scoring, a worker claims its rows (``started_at``), so a
-re-sent task does not run the scorers again nor pay a judge twice (a dead worker's claim expires
-after ``CLAIM_SECONDS``). A scorer that raises is recorded as ``error`` on its own row, never as
+that runs twice writes once; before scoring, a worker claims the rows of judges and statistical
+scorers (``started_at``), so a re-sent task does not run them again nor pay a judge twice (a dead
+worker's claim expires after ``CLAIM_SECONDS``); rules, cheaper to run twice than to claim, are
+only read. A scorer that raises is recorded as ``error`` on its own row, never as
 a pass or a fail. No transaction is held while scorers run (an LLM judge may take seconds)::
 
     >>> from evalsvc.pipeline.score import score_pending  # doctest: +SKIP
@@ -115,23 +116,51 @@ CLAIM_SECONDS = 600.0
 """A result claimed by a scorer that died is claimed again after this long."""
 
 
-def _claim(engine: Engine, ids: Sequence[int]) -> list[Any]:
-    """Claim the pending results among ``ids`` (stamp ``started_at``) so that two workers given
-    the same ids (a re-sent task, a sweep) do not both run the scorers and pay a judge twice."""
-    e = table(EvalResult)
+def _claim(engine: Engine, ids: Sequence[int]) -> tuple[list[Any], dict[int, Any]]:
+    """The pending results among ``ids`` to score, and their evaluators' definitions.
+
+    Results of judges and statistical scorers are claimed (``started_at`` stamped) so that two
+    workers given the same ids (a re-sent task, a sweep) do not both run them and pay a judge
+    twice. Results of rules are only read: running a rule twice costs less than the claim's write
+    (a second row version, a round trip before any scoring), and the verdict's ``WHERE status =
+    'pending'`` keeps the first one stored, as plan_actions keeps its actions to stored failures."""
+    e, v = table(EvalResult), table(Evaluator)
     now = utcnow()
-    stmt = (
-        sa.update(e)
-        .where(
-            _id_in(engine, e.c.id, ids),
-            e.c.status == EvalStatus.pending.value,
-            sa.or_(e.c.started_at.is_(None), e.c.started_at < now - timedelta(seconds=CLAIM_SECONDS)),
-        )
-        .values(started_at=now)
-        .returning(e.c.id, e.c.project_id, e.c.evaluator_id, e.c.evaluator, e.c.run_id, e.c.step_id)
+    where = (
+        _id_in(engine, e.c.id, ids),
+        e.c.status == EvalStatus.pending.value,
+        sa.or_(e.c.started_at.is_(None), e.c.started_at < now - timedelta(seconds=CLAIM_SECONDS)),
     )
-    with write_session(engine) as session:
-        return sorted(session.execute(stmt).all())
+    cols = (e.c.id, e.c.project_id, e.c.evaluator_id, e.c.evaluator, e.c.run_id, e.c.step_id)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(*cols).where(*where)).all()
+        if not rows:
+            return [], {}
+        definitions = {
+            row.id: row.definition
+            for row in conn.execute(
+                sa.select(v.c.id, v.c.definition).where(v.c.id.in_(sorted({row.evaluator_id for row in rows})))
+            )
+        }
+    rules = {evaluator_id for evaluator_id, d in definitions.items() if _is_rule(d)}
+    taken = [row for row in rows if row.evaluator_id in rules]
+    others = [row.id for row in rows if row.evaluator_id not in rules]
+    if others:
+        stmt = sa.update(e).where(*where[1:], _id_in(engine, e.c.id, others)).values(started_at=now).returning(*cols)
+        with write_session(engine) as session:
+            taken += session.execute(stmt).all()
+    return sorted(taken), definitions
+
+
+def _is_rule(definition: Any) -> bool:
+    """Whether an evaluator's scorer is a rule (an unknown scorer is not: it fails when loaded)."""
+    from scorers.registry import get as scorer_class
+
+    name = definition.get("scorer") if isinstance(definition, dict) else None
+    try:
+        return isinstance(name, str) and getattr(scorer_class(name), "kind", None) == "rule"
+    except EvalServiceError:
+        return False
 
 
 def _id_in(engine: Engine, column: Any, ids: Sequence[int]) -> Any:
@@ -146,8 +175,8 @@ def _load(engine: Engine, ids: Sequence[int]) -> list[_Pending]:
     """The pending results among ``ids``, with their steps, runs and evaluators, each read once."""
     if not ids:
         return []
-    s, v = table(Step), table(Evaluator)
-    results = _claim(engine, ids)
+    s = table(Step)
+    results, definitions = _claim(engine, ids)
     if not results:
         return []
     with engine.connect() as conn:
@@ -163,12 +192,6 @@ def _load(engine: Engine, ids: Sequence[int]) -> list[_Pending]:
             sql = f"SELECT id, source, run_key, workflow FROM run WHERE id IN ({', '.join([mark] * len(part))})"
             for row in conn.exec_driver_sql(sql, tuple(part)):
                 runs[row.id] = row
-        definitions = {
-            row.id: row.definition
-            for row in conn.execute(
-                sa.select(v.c.id, v.c.definition).where(v.c.id.in_(sorted({row.evaluator_id for row in results})))
-            )
-        }
     out: list[_Pending] = []
     for rid, project_id, evaluator_id, evaluator, run_id, step_id in results:
         step, run = steps.get(step_id), runs.get(run_id)
