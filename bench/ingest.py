@@ -11,7 +11,7 @@ For each store (SQLite file, PostgreSQL database) this measures:
   (send, server-side decode/validate/merge/store, response). No evaluators are active.
 - ``in-process ingest+schedule``: ``ingest_batch`` of the scoring set with 4 rule evaluators active,
   which leaves their eval results pending.
-- ``rule scoring``: ``pending_ids`` + ``score_pending`` in chunks (what the worker's drain does),
+- ``rule scoring``: ``pending_id_chunks`` + ``score_stream`` (what the worker's drain does),
   in this one process, from pending row to stored verdict; verdicts per second of wall time and per
   CPU second of this process.
 - ``idle serve RSS``: VmRSS of the ``serve`` process after start-up and one health check.
@@ -443,7 +443,7 @@ def bench_scoring(home: Path, database_url: str | None, n: int, batch: int, chun
     from evalsvc.pipeline.ingest import ingest_batch
     from evalsvc.pipeline.projects import ensure_project
     from evalsvc.pipeline.schedule import load_active_evaluators
-    from evalsvc.pipeline.score import ScoreReport, pending_ids, score_stream
+    from evalsvc.pipeline.score import ScoreReport, pending_id_chunks, score_stream
     from evalsvc.settings import Settings
     from evalsvc.store.db import dispose_engines, get_engine, session_scope
 
@@ -479,15 +479,11 @@ def bench_scoring(home: Path, database_url: str | None, n: int, batch: int, chun
         with engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE")
 
-    def pending_chunks() -> Iterator[list[int]]:
-        after = 0
-        while ids := pending_ids(engine=engine, limit=chunk, after_id=after):
-            after = ids[-1]
-            yield ids
-
     total = ScoreReport()
     t0, c0 = time.perf_counter(), time.process_time()
-    for part in score_stream(engine=engine, id_chunks=pending_chunks(), settings=settings):  # what drain() does
+    for part in score_stream(
+        engine=engine, id_chunks=pending_id_chunks(engine=engine, limit=chunk), settings=settings
+    ):  # what drain() does
         total.add(part)
     figures.seconds = time.perf_counter() - t0
     figures.cpu_seconds = time.process_time() - c0

@@ -39,6 +39,7 @@ from evalsvc.errors import InvalidInput
 from evalsvc.schemas import EvaluatorSpec, Score, StepPublic, StepRecord
 from evalsvc.store.models import table, utcnow
 from evalsvc.store.models_scoring import VerdictCache
+from evalsvc.store.sql import chunks
 from scorers.base import Scorer
 from scorers.llm.judge import JudgeCall, LLMJudge
 from scorers.registry import create
@@ -172,7 +173,7 @@ def stored_steps(
             for row in conn.execute(q.order_by(r.c.id))
             if all(str((row.attributes or {}).get(k)) == v for k, v in select.attributes)
         }
-        for part in _chunked(sorted(runs), 500):
+        for part in chunks(sorted(runs), 500):
             steps = (
                 sa.select(*cols)
                 .where(st.c.run_id.in_(part), st.c.step_key != RUN_STEP_KEY,
@@ -191,11 +192,6 @@ def stored_steps(
                 out.append((step, record, item_id(step.attributes, run.attributes, run_key=run.run_key,
                                                   step_key=step.step_key)))  # fmt: skip
     return out
-
-
-def _chunked(ids: list[int], size: int) -> Iterable[list[int]]:
-    for i in range(0, len(ids), size):
-        yield ids[i : i + size]
 
 
 def _item_of(rec: StepRecord) -> str:

@@ -42,7 +42,7 @@ from ._bulk import dbapi, driver_cursor, gc_paused, json_text, pg_ts, sqlite_ts
 from .judging import JudgeGate
 from .remediate import FailedEval, plan_actions
 
-__all__ = ["ScoreReport", "pending_ids", "score_pending", "score_stream"]
+__all__ = ["ScoreReport", "pending_id_chunks", "pending_ids", "score_pending", "score_stream"]
 
 logger = logging.getLogger(__name__)
 _CONCURRENCY = 32
@@ -257,6 +257,14 @@ async def _run_all(
     return [r for r in out if r is not None]
 
 
+def pending_id_chunks(*, engine: Engine, limit: int) -> Iterator[list[int]]:
+    """Every pending result's id, in chunks of ``limit``, by id (for :func:`score_stream`)."""
+    after = 0
+    while ids := pending_ids(engine=engine, limit=limit, after_id=after):
+        after = ids[-1]
+        yield ids
+
+
 def score_pending(*, engine: Engine, ids: Sequence[int], settings: Settings | None = None) -> ScoreReport:
     """Score the given pending results (others are skipped quietly) and plan the actions of failures.
 
@@ -271,10 +279,11 @@ def score_pending(*, engine: Engine, ids: Sequence[int], settings: Settings | No
 def score_stream(
     *, engine: Engine, id_chunks: Iterable[Sequence[int]], settings: Settings | None = None
 ) -> Iterator[ScoreReport]:
-    """:func:`score_pending` over a stream of chunks (a drain), one report per chunk.
+    """:func:`score_pending` over a stream of chunks of ids (a drain), reports as they come (their
+    sum is what was scored).
 
     On PostgreSQL a chunk of rule verdicts is stored by a second thread while the next chunk is
-    claimed, loaded and scored: the database server works on the other core instead of waiting
+    read, loaded and scored: the database server works on the other core instead of waiting
     for this process, and this process does not wait for it (one store in flight at a time, so a
     failure surfaces at the next chunk). SQLite has one writer: chunks go one after the other."""
     settings = settings or get_settings()
@@ -288,21 +297,13 @@ def score_stream(
             for part in chunks(list(ids), 2000):
                 with gc_paused():
                     prepared = _prepare(engine, part)
-                    rules = prepared is not None and all(
-                        getattr(scorer, "kind", None) == "rule" for scorer, _ in prepared[1]
-                    )
-                    if prepared is not None and rules:
-                        specs, jobs, outcomes, started = prepared
-                        results = asyncio.run(_run_all(jobs)) if jobs else []
-                        ended = utcnow()
+                    scored = _run_rules(prepared) if prepared is not None else None
                 if in_flight is not None:
                     yield in_flight.result()
                     in_flight = None
-                if prepared is None:
-                    continue
-                if rules:
-                    in_flight = store.submit(_record_paused, engine, specs, outcomes, results, started, ended)
-                else:  # judges: the usual way (budgets, cache, fallbacks), nothing in flight meanwhile
+                if scored is not None:
+                    in_flight = store.submit(_record_paused, engine, *scored)
+                elif prepared is not None:  # judges: the usual way (budgets, cache, fallbacks), alone
                     yield _score_prepared(engine, prepared, settings)
         if in_flight is not None:
             yield in_flight.result()
@@ -328,11 +329,20 @@ def _score_chunk(engine: Engine, ids: Sequence[int], settings: Settings) -> Scor
         prepared = _prepare(engine, ids)
         if prepared is None:
             return ScoreReport()
-        specs, jobs, outcomes, started = prepared
-        if all(getattr(scorer, "kind", None) == "rule" for scorer, _ in jobs):
-            results = asyncio.run(_run_all(jobs)) if jobs else []
-            return _record(engine, specs, outcomes, results, started=started, ended=utcnow())
+        scored = _run_rules(prepared)
+        if scored is not None:
+            return _record_paused(engine, *scored)
     return _score_prepared(engine, prepared, settings)
+
+
+def _run_rules(prepared: Any) -> tuple[Any, ...] | None:
+    """A chunk whose scorers are all rules, run: the arguments of :func:`_record_paused` (but the
+    engine); None when the chunk has judges or statistics (:func:`_score_prepared`)."""
+    specs, jobs, outcomes, started = prepared
+    if not all(getattr(scorer, "kind", None) == "rule" for scorer, _ in jobs):
+        return None
+    results = asyncio.run(_run_all(jobs)) if jobs else []
+    return specs, outcomes, results, started, utcnow()
 
 
 def _score_prepared(engine: Engine, prepared: Any, settings: Settings) -> ScoreReport:
@@ -479,8 +489,8 @@ def _record(
 
 
 def _store_verdicts(session: Any, updates: list[tuple[Any, ...]], *, started: datetime, ended: datetime) -> None:
-    """``UPDATE ... WHERE id = ? AND status = 'pending'`` of each verdict, through the driver: a
-    result that someone else scored meanwhile keeps that verdict."""
+    """Store the verdicts, each only while its row is still ``pending`` (a result that someone else
+    scored meanwhile keeps that verdict), through the driver."""
     _, sqlite = dbapi(session)
     ts = sqlite_ts if sqlite else pg_ts
     pending = EvalStatus.pending.value
@@ -491,13 +501,9 @@ def _store_verdicts(session: Any, updates: list[tuple[Any, ...]], *, started: da
         _store_verdicts_pg(session, updates, start=start, end=end)
         return
     rows = [(*u[:5], json_text(u[5]), *u[6:9], start, end, u[9]) for u in updates]
-    with driver_cursor(session) as cur:
-        mark = "?" if sqlite else "%s"
-        sets = ", ".join(
-            f"{c} = {mark}::json" if c == "metadata" and not sqlite else f"{c} = {mark}" for c in _UPDATE_COLS
-        )
-        # by primary key, row by row: a plan that does not depend on what the planner knows
-        cur.executemany(f"UPDATE eval_result SET {sets} WHERE id = {mark} AND status = '{pending}'", rows)
+    sets = ", ".join(f"{c} = ?" for c in _UPDATE_COLS)
+    with driver_cursor(session) as cur:  # SQLite: by primary key, row by row
+        cur.executemany(f"UPDATE eval_result SET {sets} WHERE id = ? AND status = '{pending}'", rows)
 
 
 # PostgreSQL: one UPDATE for the whole chunk, its values as arrays: a statement per verdict cost the

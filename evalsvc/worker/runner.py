@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from evalsvc.pipeline.remediate import DispatchOutcome, dispatch_action, due_action_ids
 from evalsvc.pipeline.run_evals import schedule_final_runs
-from evalsvc.pipeline.score import ScoreReport, pending_ids, score_pending, score_stream
+from evalsvc.pipeline.score import ScoreReport, pending_id_chunks, score_pending, score_stream
 from evalsvc.settings import Settings
 from evalsvc.store.sql import chunks
 
@@ -58,14 +58,8 @@ def drain(
     report = DrainReport()
     # final runs first: their run-level results join the pending ones scored below
     report.run_evals = len(schedule_final_runs(engine=engine))
-
-    def pending() -> Iterator[list[int]]:
-        after = 0
-        while ids := pending_ids(engine=engine, limit=settings.score_batch_size, after_id=after):
-            after = ids[-1]
-            yield ids
-
-    for part in score_stream(engine=engine, id_chunks=pending(), settings=settings):
+    chunked = pending_id_chunks(engine=engine, limit=settings.score_batch_size)
+    for part in score_stream(engine=engine, id_chunks=chunked, settings=settings):
         report.score.add(part)
         if progress:
             progress(part.scored + part.errors + part.skipped)

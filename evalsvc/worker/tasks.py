@@ -13,6 +13,7 @@ from evalsvc.pipeline.run_evals import schedule_final_runs
 from evalsvc.pipeline.score import score_pending
 from evalsvc.settings import get_settings
 from evalsvc.store.db import get_engine, migrate
+from evalsvc.store.sql import chunks
 
 from .celery_app import app
 
@@ -57,7 +58,6 @@ def final_runs() -> int:
     """Store the run steps of runs that became final and send their run-level evaluations to be
     scored (ingest sends this when steps finished in a project with run-level evaluators)."""
     ids = schedule_final_runs(engine=_engine())
-    settings = get_settings()
-    for start in range(0, len(ids), settings.score_batch_size):
-        score_results.delay(ids[start : start + settings.score_batch_size])
+    for part in chunks(ids, get_settings().score_batch_size):
+        score_results.delay(list(part))
     return len(ids)
