@@ -539,6 +539,14 @@ def run_postgres(args: argparse.Namespace, workdir: Path) -> StoreResult:
     names = {part: f"evalsvc_bench_{part}_{secrets.token_hex(3)}" for part in ("raw", "api", "score")}
     base = args.pg_url.rsplit("/", 1)[0]
     urls = {part: f"{base}/{name}" for part, name in names.items()}
+
+    def drop(*parts: str) -> None:
+        # a line's database goes when the line is done: autovacuum would otherwise work through its
+        # million rows on the machine's other core while the next line is measured
+        with admin.connect() as conn:
+            for part in parts:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{names[part]}" WITH (FORCE)'))
+
     try:
         with admin.connect() as conn:
             for name in names.values():
@@ -546,6 +554,7 @@ def run_postgres(args: argparse.Namespace, workdir: Path) -> StoreResult:
         dsn = sa.engine.make_url(urls["raw"]).set(drivername="postgresql").render_as_string(hide_password=False)
         print(f"[postgres] raw executemany of {args.records:,} rows ...", flush=True)
         raw, build = bench_raw_postgres(dsn, args.records, args.batch)
+        drop("raw")
         print(f"[postgres] API ingest of {args.records:,} records ...", flush=True)
 
         def count_steps() -> int:
@@ -558,15 +567,14 @@ def run_postgres(args: argparse.Namespace, workdir: Path) -> StoreResult:
 
         api = bench_api(workdir / "pg-api-home", urls["api"], args.records, args.batch, count_steps, args.workers,
                         args.clients)  # fmt: skip
+        drop("api")
         print(f"[postgres] scoring {args.score_records:,} records ...", flush=True)
         scoring = bench_scoring(
             workdir / "pg-score-home", urls["score"], args.score_records, args.batch, args.score_chunk
         )
         return StoreResult("postgres", args.records, raw, build, api, scoring)
     finally:
-        with admin.connect() as conn:
-            for name in names.values():
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        drop(*names)
         admin.dispose()
 
 

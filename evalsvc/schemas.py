@@ -105,6 +105,7 @@ class StepError(BaseModel):
 
 
 _KEY = Field(min_length=1, max_length=256)
+MAX_TOKENS = 2**31 - 1
 
 
 class StepRecord(BaseModel):
@@ -131,8 +132,9 @@ class StepRecord(BaseModel):
     error: StepError | None = None
     parent_step_key: str | None = Field(default=None, max_length=256)
     model: str | None = Field(default=None, max_length=256)
-    input_tokens: int | None = Field(default=None, ge=0)
-    output_tokens: int | None = Field(default=None, ge=0)
+    # the columns are 32-bit integers on PostgreSQL
+    input_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    output_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     cost_usd: float | None = Field(default=None, ge=0)
     attributes: dict[str, Any] = Field(default_factory=dict)
     # run-level fields, carried by any record of the run

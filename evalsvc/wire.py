@@ -30,7 +30,7 @@ import msgspec
 from msgspec import UNSET, Meta, Raw, UnsetType
 from pydantic import TypeAdapter, ValidationError
 
-from evalsvc.schemas import RUN_STEP_KEY, RunStatus, StepStatus
+from evalsvc.schemas import MAX_TOKENS, RUN_STEP_KEY, RunStatus, StepStatus
 
 __all__ = ["WireRecord", "decode_record", "record_partial", "split_array"]
 
@@ -40,7 +40,7 @@ _Source = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"\A[A-Za-z0-
 _Key = Annotated[str, Meta(min_length=1, max_length=256)]
 _Text256 = Annotated[str, Meta(max_length=256)]
 _Kind = Annotated[str, Meta(min_length=1, max_length=64)]
-_Count = Annotated[int, Meta(ge=0)]
+_Count = Annotated[int, Meta(ge=0, le=MAX_TOKENS)]
 
 
 class WireRecord(msgspec.Struct, forbid_unknown_fields=True):

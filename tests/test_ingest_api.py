@@ -207,3 +207,26 @@ def test_any_json_value_round_trips_and_is_scored(api: Api, value: Any) -> None:
     assert (step["output"], step["input"], step["expected"]) == (value, value, value)
     (ev,) = api.get("/v1/evals").json()
     assert ev["status"] == "completed" and ev["passed"] is (value not in (None, [], "")), ev
+
+
+def test_token_counts_fit_their_column_or_are_rejected(api: Api) -> None:
+    # PostgreSQL keeps token counts in 32-bit integers, and the binary COPY of ingest would not
+    # check them: the record's bounds do, on both lanes (an array takes the fast lane, JSON lines
+    # the pydantic one), and the largest count that fits is stored exactly
+    top = 2**31 - 1
+    records = [
+        record("r1", "a", model="m", input_tokens=top, output_tokens=0),
+        record("r1", "b", model="m", input_tokens=top + 1),
+        record("r1", "c", model="m", output_tokens=2**40),
+    ]
+    for body, ctype in ((orjson.dumps(records), "application/json"),
+                        (b"\n".join(orjson.dumps(r) for r in records), "application/x-ndjson")):  # fmt: skip
+        r = api.post("/v1/ingest/json", content=body, headers={"content-type": ctype})
+        assert r.status_code == 207, r.text
+        items = r.json()["items"]
+        assert items[0]["status"] in ("accepted", "duplicate")
+        assert (items[1]["status"], items[1]["field"]) == ("rejected", "input_tokens")
+        assert (items[2]["status"], items[2]["field"]) == ("rejected", "output_tokens")
+        assert "less than or equal to 2147483647" in items[1]["reason"]
+    (step,) = _steps(api, "r1")
+    assert (step["input_tokens"], step["output_tokens"]) == (top, 0)

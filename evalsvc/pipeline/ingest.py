@@ -17,7 +17,7 @@ is stored once (the second answer is ``duplicate``)::
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter, itemgetter
@@ -355,15 +355,14 @@ def _write_steps(
         _, sqlite = dbapi(session)
         ts = sqlite_ts if sqlite else pg_ts
         stamp = ts(now)
-        rows: list[tuple[Any, ...]] = []
-        append = rows.append
         dumps, opt = orjson.dumps, orjson.OPT_NON_STR_KEYS  # what json_dumps does, without its call
-        for (run_id, step_key, attempt), p in inserts:
-            get = p.get
-            started, ended = get("started_at"), get("ended_at")
-            inp, out, expected, error = get("input"), get("output"), get("expected"), get("error")
-            append(
-                (
+
+        def rows() -> Iterator[tuple[Any, ...]]:  # made as they are sent (insert_returning)
+            for (run_id, step_key, attempt), p in inserts:
+                get = p.get
+                started, ended = get("started_at"), get("ended_at")
+                inp, out, expected, error = get("input"), get("output"), get("expected"), get("error")
+                yield (
                     project_id,
                     run_id,
                     step_key,
@@ -387,12 +386,12 @@ def _write_steps(
                     stamp,
                     stamp,
                 )
-            )
+
         got = insert_returning(
             session,
             t.name,
             _STEP_INSERT_COLS,
-            rows,
+            rows(),
             json_cols=_STEP_JSON_COLS,
             returning=("run_id", "step_key", "attempt") if need_ids else None,
         )

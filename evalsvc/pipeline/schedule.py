@@ -33,7 +33,7 @@ from evalsvc.schemas import RUN_STEP_KEY, EvalStatus, EvaluatorSpec, Target
 from evalsvc.store.models import Evaluator, table, utcnow
 from evalsvc.store.sql import chunks
 
-from ._bulk import dbapi, driver_cursor, pg_ts, sqlite_ts
+from ._bulk import copy_rows, dbapi, driver_cursor, pg_ts, sqlite_ts
 from .sampling import SamplePlanner
 
 __all__ = [
@@ -213,9 +213,7 @@ def schedule_evals(
                 "skip_reason text, cache_hit boolean, created_at timestamptz, metadata json) ON COMMIT DELETE ROWS"
             )
             cur.execute("TRUNCATE evalsvc_new_result_v2")
-            with cur.copy(f"COPY evalsvc_new_result_v2 ({cols}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+            copy_rows(cur, "evalsvc_new_result_v2", _RESULT_COLS, rows)
             cur.execute(
                 f"INSERT INTO eval_result ({cols}) SELECT {cols} FROM evalsvc_new_result_v2 "
                 f"ON CONFLICT (step_id, evaluator, evaluator_version) {conflict} RETURNING id, status"
