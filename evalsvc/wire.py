@@ -81,13 +81,29 @@ _RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]
 
 
 def _timestamp(value: Any) -> datetime:
-    if type(value) is str and _RFC3339.fullmatch(value):
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:  # e.g. hour 24, month 13: pydantic words the error
-            pass
-    parsed: datetime = _pydantic_timestamp(value)
-    return parsed
+    if type(value) is str:
+        # the commonest shape, UTC with "Z" and 0-6 decimals, known by its punctuation (the digits
+        # fromisoformat checks): no regex, and the value comes with datetime.UTC, as _aware makes it
+        n = len(value)
+        if (
+            (n == 20 or 22 <= n <= 27)
+            and value[-1] == "Z"
+            and value[10] == "T"
+            and (n == 20 or value[19] == ".")
+            and value[4] == value[7] == "-"
+            and value[13] == value[16] == ":"
+            and value.isascii()
+        ):
+            try:
+                return datetime.fromisoformat(value)
+            except ValueError:
+                pass
+        elif _RFC3339.fullmatch(value):
+            try:
+                return _aware(datetime.fromisoformat(value))
+            except ValueError:  # e.g. hour 24, month 13: pydantic words the error
+                pass
+    return _aware(_pydantic_timestamp(value))
 
 
 def split_array(body: bytes) -> list[Raw]:
@@ -114,9 +130,9 @@ def decode_record(raw: Raw) -> WireRecord | None:
         return None  # an error object is normalised by StepError; a reserved key gets pydantic's message
     try:
         if rec.started_at is not None:
-            rec.started_at = _aware(_timestamp(rec.started_at))
+            rec.started_at = _timestamp(rec.started_at)
         if rec.ended_at is not None:
-            rec.ended_at = _aware(_timestamp(rec.ended_at))
+            rec.ended_at = _timestamp(rec.ended_at)
     except ValidationError:
         return None
     if rec.started_at is not None and rec.ended_at is not None and rec.ended_at < rec.started_at:

@@ -123,8 +123,15 @@ TIMESTAMPS = st.one_of(
         lambda d: d.isoformat(timespec="milliseconds") + "Z"
     ),
     st.sampled_from(["2026-11-01T10:00:00+05:30", "2026-11-01 10:00:00Z", "2026-11-01T10:00:00.9999999Z",
-                     "2026-11-01T10:00", "x", "2026-02-30T00:00:00Z"]),
+                     "2026-11-01T10:00", "x", "2026-02-30T00:00:00Z", "2026-11-01T24:00:00Z",
+                     "2026-11-01T23:59:60Z", "2026-11-01t10:00:00z", "2026-11-01T10:00:00.Z"]),
     st.integers(0, 2_000_000_000),
+    # the shape wire._timestamp reads without its regex, one character changed: the lane and
+    # pydantic must still agree
+    st.tuples(st.sampled_from(["2026-11-01T10:00:00Z", "2026-11-01T10:00:00.5Z", "2026-11-01T10:00:00.123456Z"]),
+              st.integers(0, 26), st.sampled_from([*"09T:-.Z +zt,", "\u0663", "\uff12"])).map(
+        lambda t: t[0][: t[1]] + t[2] + t[0][t[1] + 1 :]
+    ),
 )  # fmt: skip
 FIELDS: dict[str, Any] = {
     "source": st.sampled_from(["json", "otel", "a b", "", "x" * 65]),
