@@ -13,5 +13,9 @@ __all__ = ["JSONBytes"]
 class JSONBytes(Response):
     media_type = "application/json"
 
-    def render(self, content: Any) -> bytes:
+    @staticmethod
+    def encode(content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+    def render(self, content: Any) -> bytes:
+        return self.encode(content)

@@ -223,7 +223,7 @@ def ingest_records(
     dup_in_batch: set[int] = set()
     for index, rec in records:
         nkey = (rec.source, rec.run_key, rec.step_key, rec.attempt)
-        part = _partial(rec)
+        part = record_partial(rec) if type(rec) is WireRecord else _partial(rec)
         prev = batch.get(nkey)
         if prev is None:
             batch[nkey] = part
@@ -238,18 +238,21 @@ def ingest_records(
 
     # only runs that existed before this batch can have stored steps
     old_keys: list[_StepKey] = []
-    for nkey in batch:
-        run = runs[(nkey[0], nkey[1])]
-        if not run.created:
-            old_keys.append((run.id, nkey[2], nkey[3]))
+    if not all(run.created for run in runs.values()):
+        for nkey in batch:
+            run = runs[(nkey[0], nkey[1])]
+            if not run.created:
+                old_keys.append((run.id, nkey[2], nkey[3]))
     existing = _load_steps(session=session, keys=old_keys) if old_keys else {}
 
     inserts: list[tuple[_StepKey, dict[str, Any]]] = []
     updates: list[dict[str, Any]] = []
     update_keys: list[_StepKey] = []
     op_of: dict[NaturalKey, Literal["created", "updated"] | None] = {}
+    run = RunInfo(source="", run_key="")
     for nkey, part in batch.items():
-        run = runs[(nkey[0], nkey[1])]
+        if nkey[1] != run.run_key or nkey[0] != run.source:  # records of a run mostly come together
+            run = runs[(nkey[0], nkey[1])]
         key = (run.id, nkey[2], nkey[3])
         old = existing.get(key) if not run.created else None
         if old is None:

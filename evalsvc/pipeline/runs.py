@@ -85,10 +85,13 @@ def upsert_runs(
     """Insert the new runs (with the start, end and status that ``steps``, all of their steps, give
     them) and update the changed ones; answer every run of the batch by (source, run key)."""
     infos: dict[tuple[str, str], RunInfo] = {}
+    info = RunInfo(source="", run_key="")
     for _, rec in records:
-        info = infos.get((rec.source, rec.run_key))
-        if info is None:
-            info = infos[(rec.source, rec.run_key)] = RunInfo(source=rec.source, run_key=rec.run_key)
+        if rec.run_key != info.run_key or rec.source != info.source:  # a run's records mostly come together
+            key = (rec.source, rec.run_key)
+            info = infos.get(key)  # type: ignore[assignment]
+            if info is None:
+                info = infos[key] = RunInfo(source=rec.source, run_key=rec.run_key)
         if rec.workflow:
             info.workflow = rec.workflow
         if rec.run_status:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from connectors import get as get_connector
@@ -74,7 +74,7 @@ def decode_json(body: bytes, content_type: str) -> Any:
 @router.post("/ingest/{connector}", summary="Ingest a batch of execution records")
 async def ingest(
     connector: str, request: Request, project: ProjectDep, engine: EngineDep, settings: SettingsDep, runner: RunnerDep
-) -> JSONBytes:
+) -> Response:
     conn = get_connector(connector, settings)
     body = await read_body(request, settings.max_body_bytes)
     content_type = request.headers.get("content-type", "")
@@ -95,8 +95,15 @@ async def ingest(
                 max_record_bytes=settings.max_record_bytes,
             )
 
+    def answer(report: IngestReport) -> bytes:
+        # ten thousand small dicts: built and encoded off the event loop too, with the collector
+        # paused (it would walk the batch's objects, still alive, again and again)
+        with gc_paused():
+            return JSONBytes.encode({**report.summary(), "items": [i.as_dict() for i in report.items]})
+
     report = await run_in_threadpool(decode_and_ingest)
     await hand_over(runner, report)
-    summary = report.summary()
-    status = 200 if summary["rejected"] == 0 else 422 if summary["rejected"] == len(report.items) else 207
-    return JSONBytes({**summary, "items": [i.as_dict() for i in report.items]}, status_code=status)
+    body_out = await run_in_threadpool(answer, report)
+    rejected = sum(1 for i in report.items if i.status == "rejected")
+    status = 200 if rejected == 0 else 422 if rejected == len(report.items) else 207
+    return Response(body_out, status_code=status, media_type="application/json")
