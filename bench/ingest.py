@@ -169,7 +169,9 @@ def _ts(value: str) -> datetime:
 
 def raw_rows(records: list[dict[str, Any]], *, sqlite_text: bool) -> list[tuple[Any, ...]]:
     """The rows evalsvc stores for these records (one run per 5 records, JSON as text)."""
-    now = datetime.now(UTC)
+    now: Any = datetime.now(UTC)
+    if sqlite_text:  # the batch's one "now", formatted once
+        now = now.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
     rows = []
     for r in records:
         start, end = _ts(r["started_at"]), _ts(r["ended_at"])
@@ -178,7 +180,11 @@ def raw_rows(records: list[dict[str, Any]], *, sqlite_text: bool) -> list[tuple[
         out = orjson.dumps(r["output"]).decode() if "output" in r else None
         stamps: tuple[Any, ...] = (start, end, now, now)
         if sqlite_text:
-            stamps = tuple(s.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds") for s in stamps)
+            stamps = (
+                *(s.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds") for s in stamps[:2]),
+                now,
+                now,
+            )
         rows.append(
             (
                 1,

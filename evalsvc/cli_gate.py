@@ -14,7 +14,7 @@ reports the same and exits 0.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -25,6 +25,7 @@ from rich.markup import escape
 from typer.core import TyperCommand
 
 from evalsvc.errors import EvalServiceError, InvalidInput
+from evalsvc.times import as_utc
 
 from .cli import Ctx, JsonOpt, ProjectOpt, app, console, err
 
@@ -40,10 +41,6 @@ _Connector = Annotated[str, typer.Option(help="Connector that reads the file (js
 class Mode(StrEnum):
     enforce = "enforce"
     shadow = "shadow"
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 class _GateCommand(TyperCommand):
@@ -149,8 +146,8 @@ def _candidate(
         if not sep or not key:
             raise InvalidInput(f"must be KEY=VALUE, got {text!r}", field="attr")
         pairs.append((key, val))
-    return StoredRuns(runs=tuple(runs), workflow=workflow, attributes=tuple(pairs), since=_aware(since),
-                      until=_aware(until))  # fmt: skip
+    return StoredRuns(runs=tuple(runs), workflow=workflow, attributes=tuple(pairs), since=as_utc(since),
+                      until=as_utc(until))  # fmt: skip
 
 
 def _stop(message: str, code: int, shadow: bool, outputs: dict[str, Path | None] | None = None) -> NoReturn:
@@ -195,7 +192,7 @@ def promote(
     ctx = Ctx(project, create=True)
     if source == "production":
         promote_production(engine=ctx.engine, project_id=ctx.project_id, name=name, evaluators=evaluator or None,
-                           step=step, since=_aware(since), until=_aware(until))  # fmt: skip
+                           step=step, since=as_utc(since), until=as_utc(until))  # fmt: skip
     else:
         if evaluator or step or since or until:
             raise InvalidInput("--evaluator, --step, --since and --until select production results; "

@@ -23,7 +23,7 @@ that the two ways agree.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -31,6 +31,7 @@ from msgspec import UNSET, Meta, Raw, UnsetType
 from pydantic import TypeAdapter, ValidationError
 
 from evalsvc.schemas import MAX_TOKENS, RUN_STEP_KEY, RunStatus, StepStatus
+from evalsvc.times import as_utc
 
 __all__ = ["WireRecord", "decode_record", "record_partial", "split_array"]
 
@@ -83,7 +84,7 @@ _RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]
 def _timestamp(value: Any) -> datetime:
     if type(value) is str:
         # the commonest shape, UTC with "Z" and 0-6 decimals, known by its punctuation (the digits
-        # fromisoformat checks): no regex, and the value comes with datetime.UTC, as _aware makes it
+        # fromisoformat checks): no regex, and the value comes with datetime.UTC, as as_utc makes it
         n = len(value)
         if (
             (n == 20 or 22 <= n <= 27)
@@ -100,10 +101,11 @@ def _timestamp(value: Any) -> datetime:
                 pass
         elif _RFC3339.fullmatch(value):
             try:
-                return _aware(datetime.fromisoformat(value))
+                return as_utc(datetime.fromisoformat(value))
             except ValueError:  # e.g. hour 24, month 13: pydantic words the error
                 pass
-    return _aware(_pydantic_timestamp(value))
+    parsed: datetime = _pydantic_timestamp(value)
+    return as_utc(parsed)
 
 
 def split_array(body: bytes) -> list[Raw]:
@@ -151,13 +153,6 @@ def _has_big_int(value: Any) -> bool:
     if type(value) is list:
         return any(map(_has_big_int, value))
     return False
-
-
-def _aware(value: datetime) -> datetime:
-    """Naive means UTC (as StepRecord has it); a zero offset becomes ``datetime.UTC`` itself, which
-    the store formats in one call (``evalsvc.pipeline._bulk.sqlite_ts``): the same instant."""
-    offset = value.utcoffset()
-    return value.replace(tzinfo=UTC) if not offset and value.tzinfo is not UTC else value
 
 
 def record_partial(rec: WireRecord) -> dict[str, Any]:

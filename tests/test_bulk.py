@@ -1,5 +1,6 @@
 """The hand-made values of the bulk paths (evalsvc/pipeline/_bulk.py) are what the column types
-would have made: SQLite's timestamp text, checked against SQLAlchemy's own insert of the type."""
+would have made: SQLite's timestamp text, checked against SQLAlchemy's own insert of the type; and
+evalsvc.times.as_utc, the one way the code makes a timestamp aware."""
 
 from __future__ import annotations
 
@@ -31,3 +32,18 @@ def test_sqlite_timestamp_text_is_the_column_types(values: list[datetime]) -> No
     assert [sqlite_ts(v) for v in values] == stored
     # and again, now that the minutes are known (sqlite_ts keeps their text)
     assert [sqlite_ts(v) for v in values] == stored
+
+
+def test_as_utc() -> None:
+    import doctest
+
+    import evalsvc.times
+    from evalsvc.times import as_utc
+
+    assert doctest.testmod(evalsvc.times).failed == 0
+    plus2 = timezone(timedelta(hours=2))
+    assert as_utc(None) is None
+    for value in (datetime(2026, 11, 1, 12, tzinfo=plus2), "2026-11-01T12:00:00+02:00", datetime(2026, 11, 1, 10),
+                  "2026-11-01 10:00:00", datetime(2026, 11, 1, 10, tzinfo=timezone(timedelta(0), "Z0"))):  # fmt: skip
+        out = as_utc(value)
+        assert out == datetime(2026, 11, 1, 10, tzinfo=UTC) and out.tzinfo is UTC, value

@@ -23,7 +23,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from evalsvc.store.db import write_session
 from evalsvc.store.models import Run, Step, table
 from evalsvc.store.models_stats import StatBaseline
 from evalsvc.store.sql import chunks
+from evalsvc.times import as_utc
 from scorers.stats import NeedsBaseline, Profile, ProfileSpec, fit_profile
 
 from .run_evals import RUN_STEP_KIND
@@ -101,7 +102,7 @@ class HistoryWindow(BaseModel):
     @field_validator("since", "until")
     @classmethod
     def _utc_and_order(cls, value: datetime | None, info: Any) -> datetime | None:
-        value = _aware(value)  # a time without a zone is UTC
+        value = as_utc(value)  # a time without a zone is UTC
         since = info.data.get("since")
         if info.field_name == "until" and value is not None and since is not None and value <= since:
             raise ValueError("must be after since")
@@ -137,8 +138,8 @@ class HistorySpec(BaseModel):
         return value
 
     def window(self, *, now: datetime) -> HistoryWindow:
-        until = _aware(self.until)
-        since = _aware(self.since)
+        until = as_utc(self.until)
+        since = as_utc(self.since)
         if self.last is not None:
             if since is not None:
                 raise InvalidInput("give since or last, not both", field="last")
@@ -149,10 +150,6 @@ class HistorySpec(BaseModel):
         except ValidationError as exc:
             e = exc.errors(include_url=False)[0]
             raise InvalidInput(e["msg"].removeprefix("Value error, "), field=str(e["loc"][0])) from None
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=value.tzinfo or UTC)
 
 
 class BaselineConfig(ProfileSpec):

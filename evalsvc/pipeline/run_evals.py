@@ -45,6 +45,7 @@ from evalsvc.schemas import RUN_STEP_KEY, RunStatus, StepStatus
 from evalsvc.store.db import write_session
 from evalsvc.store.models import Evaluator, Run, Step, table, utcnow
 from evalsvc.store.sql import chunks
+from evalsvc.times import as_utc
 
 from .schedule import ActiveEvaluator, ScheduledStep, _spec, schedule_evals
 
@@ -85,9 +86,9 @@ def run_level_evaluators(engine: Engine) -> dict[int, tuple[list[ActiveEvaluator
         definition = r.definition or {}
         if not isinstance(definition, dict) or (definition.get("target") or {}).get("level") != "run":
             continue
-        evaluators, first = out.get(r.project_id, ([], _aware(r.created_at)))
+        evaluators, first = out.get(r.project_id, ([], as_utc(r.created_at)))
         evaluators.append(ActiveEvaluator(id=r.id, name=r.name, version=r.version, spec=_spec(r.version, definition)))
-        out[r.project_id] = (evaluators, min(first, _aware(r.created_at)))
+        out[r.project_id] = (evaluators, min(first, as_utc(r.created_at)))
     return out
 
 
@@ -152,7 +153,7 @@ def _stale_runs(session: Session | Connection, project_id: int, since: datetime)
     q = q.where(r.c.updated_at >= since)
     out = []
     for row in session.execute(q):
-        if row.sid is None or row.marker is None or _parse(row.marker) < _aware(row.updated_at):
+        if row.sid is None or row.marker is None or _parse(row.marker) < as_utc(row.updated_at):
             out.append(row)
     return out
 
@@ -225,7 +226,7 @@ def _run_step(run: Any, steps: list[Any]) -> dict[str, Any]:
     last = max(finished, key=lambda st: (_sort_time(st.ended_at), st.id)) if finished else None
     run_attrs = dict(run.attributes or {})
     cost = [st.cost_usd for st in steps if st.cost_usd is not None]
-    started, ended = _opt_aware(run.started_at), _opt_aware(run.ended_at)
+    started, ended = as_utc(run.started_at), as_utc(run.ended_at)
     attributes = {
         **run_attrs,
         "steps": [
@@ -243,7 +244,7 @@ def _run_step(run: Any, steps: list[Any]) -> dict[str, Any]:
         "input_tokens": _total(st.input_tokens for st in steps),
         "output_tokens": _total(st.output_tokens for st in steps),
         "duration_ms": (ended - started).total_seconds() * 1000 if started and ended else None,
-        "run_updated_at": _aware(run.updated_at).isoformat(),
+        "run_updated_at": as_utc(run.updated_at).isoformat(),
     }  # fmt: skip
     return {
         "project_id": run.project_id,
@@ -264,7 +265,7 @@ def _run_step(run: Any, steps: list[Any]) -> dict[str, Any]:
 def _content(values: Any) -> tuple[Any, ...]:
     """What a run-level verdict may depend on (not the version marker)."""
     attrs = {k: v for k, v in (values["attributes"] or {}).items() if k != "run_updated_at"}
-    return (values["name"], values["status"], _opt_aware(values["started_at"]), _opt_aware(values["ended_at"]),
+    return (values["name"], values["status"], as_utc(values["started_at"]), as_utc(values["ended_at"]),
             values["input"], values["output"], attrs)  # fmt: skip
 
 
@@ -277,21 +278,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _sort_time(value: datetime | None) -> datetime:
-    return _EPOCH if value is None else _aware(value)
-
-
-def _opt_aware(value: datetime | None) -> datetime | None:
-    return None if value is None else _aware(value)
-
-
-def _aware(value: datetime | str) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return _EPOCH if value is None else as_utc(value)
 
 
 def _parse(marker: str) -> datetime:
     try:
-        return _aware(marker)
+        return as_utc(marker)
     except ValueError:
         return _EPOCH  # unreadable: treat the run step as stale

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -18,6 +18,7 @@ from evalsvc.schemas import RUN_STEP_KEY, RunStatus, StepRecord, StepStatus
 from evalsvc.store.db import json_dumps
 from evalsvc.store.models import Run, Step, table
 from evalsvc.store.sql import chunks
+from evalsvc.times import as_utc
 from evalsvc.wire import WireRecord
 
 from ._bulk import dbapi, driver_cursor, insert_returning, key_match, pg_ts, sqlite_ts
@@ -241,7 +242,7 @@ def refresh_runs(*, session: Session, run_ids: list[int], now: datetime) -> None
         # earliest start over all attempts, not just the latest
         for run_id, first in session.execute(first_start, {"ids": part}):
             if first is not None and run_id in agg:
-                agg[run_id]["start"] = _aware(first)
+                agg[run_id]["start"] = as_utc(first)
         for run_id, a in agg.items():
             statuses = a["statuses"]
             if statuses & {StepStatus.running.value, StepStatus.scheduled.value}:
@@ -358,9 +359,3 @@ def _analyzed_once(cur: Any, table_name: str) -> None:
         (tuples,) = cur.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (table_name,)).fetchone()
     if tuples > 0:
         _ANALYZED.add(key)
-
-
-def _aware(value: datetime) -> datetime:
-    if isinstance(value, str):  # SQLite aggregates return text
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
