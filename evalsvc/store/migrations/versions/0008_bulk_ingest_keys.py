@@ -36,13 +36,14 @@ _NAMING = {"fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"}
 _NO_RUN = "step.run_id names no stored run"
 
 _PG_UP = (
-    # a plain nested loop over the run key: with no statistics on the statement's rows the planner
-    # may hash the whole run table for a handful of steps
+    # each run once (a run has several steps), then a plain nested loop over the run key: with no
+    # statistics on the statement's rows the planner may hash the whole run table for a few steps
     f"""
     CREATE FUNCTION evalsvc_step_run_exists() RETURNS trigger LANGUAGE plpgsql
     SET enable_hashjoin = off SET enable_mergejoin = off AS $$
     BEGIN
-        IF EXISTS (SELECT 1 FROM new_steps n WHERE NOT EXISTS (SELECT 1 FROM run r WHERE r.id = n.run_id)) THEN
+        IF EXISTS (SELECT 1 FROM (SELECT DISTINCT run_id FROM new_steps) n
+                   WHERE NOT EXISTS (SELECT 1 FROM run r WHERE r.id = n.run_id)) THEN
             RAISE foreign_key_violation USING MESSAGE = '{_NO_RUN}';
         END IF;
         RETURN NULL;
