@@ -316,8 +316,6 @@ def _stored_run_keys(
         by_source.setdefault(source, []).append(run_key)
     found: list[tuple[str, str]] = []
     with driver_cursor(session) as cur:
-        if not sqlite:
-            _analyzed_once(cur, table_name)
         for source, run_keys in by_source.items():
             for part in chunks(run_keys, 2000):
                 if sqlite:
@@ -339,23 +337,3 @@ def _stored_run_keys(
                 found.extend((source, run_key) for (run_key,) in cur.execute(sql, params).fetchall())
     return found
 
-
-_ANALYZED: set[tuple[str, str]] = set()  # (database, table) seen with statistics
-
-
-def _analyzed_once(cur: Any, table_name: str) -> None:
-    """PostgreSQL: give a table without statistics of its rows its statistics before it is probed.
-
-    Without them (a new database, until autovacuum comes round a minute later) the planner costs
-    every index that starts with ``project_id`` alike and may search the wrong one for each key,
-    filtering all the project's runs: 370 ms for the second batch of 2,000 runs, 4 ms with the
-    unique index. ``ANALYZE`` of a small table takes a few milliseconds and blocks no writer."""
-    key = (cur.connection.info.dbname, table_name)
-    if key in _ANALYZED:
-        return
-    (tuples,) = cur.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (table_name,)).fetchone()
-    if tuples <= 0:  # never analyzed (-1), or analyzed while empty: again, until it has rows
-        cur.execute(f"ANALYZE {table_name}")
-        (tuples,) = cur.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (table_name,)).fetchone()
-    if tuples > 0:
-        _ANALYZED.add(key)
