@@ -24,6 +24,7 @@ from evalsvc.store.db import json_dumps
 
 __all__ = [
     "copy_rows",
+    "copy_to_scratch",
     "dbapi",
     "driver_cursor",
     "gc_paused",
@@ -139,13 +140,7 @@ def insert_returning(
             # COPY into a scratch table shaped like the target, then one INSERT ... SELECT that
             # answers RETURNING: a statement per row costs more than the row
             names = ", ".join(columns)
-            scratch = f"evalsvc_copy_{table_name}"
-            cur.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {scratch} ON COMMIT DELETE ROWS AS "
-                f"SELECT {names} FROM {table_name} WITH NO DATA"
-            )
-            cur.execute(f"TRUNCATE {scratch}")
-            copy_rows(cur, scratch, columns, rows)
+            scratch = copy_to_scratch(cur, table_name, columns, rows)
             cur.execute(f"INSERT INTO {table_name} ({names}) SELECT {names} FROM {scratch} RETURNING {cols}")
             out: list[tuple[Any, ...]] = cur.fetchall()
             return out
@@ -157,6 +152,19 @@ def insert_returning(
         cur.executemany(sql, rows)
         got: list[tuple[Any, ...]] = cur.execute(f"SELECT {cols} FROM {table_name} WHERE id > ?", (before,)).fetchall()
         return got if len(got) == len(rows) else None
+
+
+def copy_to_scratch(cur: Any, table_name: str, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> str:
+    """PostgreSQL: COPY the rows into this transaction's scratch table shaped like ``table_name``
+    (emptied first, and at commit); answer its name, for an ``INSERT ... SELECT`` from it."""
+    scratch = f"evalsvc_copy_{table_name}"
+    cur.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {scratch} ON COMMIT DELETE ROWS AS "
+        f"SELECT {', '.join(columns)} FROM {table_name} WITH NO DATA"
+    )
+    cur.execute(f"TRUNCATE {scratch}")
+    copy_rows(cur, scratch, columns, rows)
+    return scratch
 
 
 _COPY_TYPES: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}

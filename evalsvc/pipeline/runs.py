@@ -21,7 +21,7 @@ from evalsvc.store.sql import chunks
 from evalsvc.times import as_utc
 from evalsvc.wire import WireRecord
 
-from ._bulk import dbapi, driver_cursor, insert_returning, key_match, pg_ts, sqlite_ts
+from ._bulk import copy_to_scratch, dbapi, driver_cursor, insert_returning, key_match, pg_ts, sqlite_ts
 
 __all__ = ["NaturalKey", "RunInfo", "refresh_runs", "upsert_runs"]
 
@@ -101,22 +101,18 @@ def upsert_runs(
             info.attributes.update(rec.run_attributes)
 
     _lock_runs(session=session, project_id=project_id, keys=list(infos))
-    t = table(Run)
-    existing: dict[tuple[str, str], Any] = {}
-    for part in chunks(_stored_run_keys(session, t.name, project_id, list(infos)), 400):
-        q = sa.select(
-            t.c.id, t.c.source, t.c.run_key, t.c.workflow, t.c.status, t.c.status_from_source, t.c.attributes
-        ).where(key_match((t.c.project_id, t.c.source, t.c.run_key), [(project_id, *k) for k in part]))
-        for row in session.execute(q):
-            existing[(row.source, row.run_key)] = row
+    _, sqlite = dbapi(session)
+    if sqlite:
+        existing = _stored_runs(session, project_id, list(infos))
+        _insert_new_runs(session, project_id, [i for k, i in infos.items() if k not in existing], steps, now)
+    else:
+        existing = _upsert_runs_pg(session, project_id, infos, steps, now)
 
-    new_infos: list[RunInfo] = []
     changed = []
     for key, info in infos.items():
         old = existing.get(key)
         if old is None:
             info.created = True
-            new_infos.append(info)
             continue
         info.id = old.id
         attrs = {**(old.attributes or {}), **info.attributes}
@@ -132,46 +128,7 @@ def upsert_runs(
                     "status_from_source": old.status_from_source or info.status is not None,
                 }
             )
-    if new_infos:
-        aggregates = _run_aggregates(steps, {(i.source, i.run_key) for i in new_infos})
-        _, sqlite = dbapi(session)
-        ts = sqlite_ts if sqlite else pg_ts
-        stamp = ts(now)
-        rows = []
-        for info in new_infos:
-            start, end, derived = aggregates[(info.source, info.run_key)]
-            rows.append(
-                (
-                    project_id,
-                    info.source,
-                    info.run_key,
-                    info.workflow,
-                    info.status or derived,
-                    info.status is not None,
-                    ts(start),
-                    ts(end),
-                    json_dumps(info.attributes),
-                    stamp,
-                    stamp,
-                )
-            )
-        got = insert_returning(
-            session,
-            t.name,
-            _RUN_INSERT_COLS,
-            rows,
-            json_cols=frozenset({"attributes"}),
-            returning=("source", "run_key"),
-        )
-        if got is None:
-            got = []
-            for part in chunks([(i.source, i.run_key) for i in new_infos], 400):
-                q = sa.select(t.c.id, t.c.source, t.c.run_key).where(
-                    key_match((t.c.project_id, t.c.source, t.c.run_key), [(project_id, *k) for k in part])
-                )
-                got.extend(tuple(r) for r in session.execute(q))
-        for rid, source, run_key in got:
-            infos[(source, run_key)].id = rid
+    t = table(Run)
     if changed:
         stmt = (
             sa.update(t)
@@ -305,12 +262,94 @@ def _derived_status(statuses: set[Any]) -> str:
     return RunStatus.completed.value
 
 
-def _stored_run_keys(
-    session: Session, table_name: str, project_id: int, keys: list[tuple[str, str]]
-) -> list[tuple[str, str]]:
-    """Which of these (source, run key) pairs are stored already: one cheap probe through the
-    driver, so that a batch of new runs skips the typed look-up of the stored ones."""
-    _, sqlite = dbapi(session)
+@dataclass(slots=True)
+class _StoredRun:
+    id: int
+    workflow: str | None
+    status: str
+    status_from_source: bool
+    attributes: dict[str, Any] | None
+
+
+def _run_rows(
+    project_id: int, infos: list[RunInfo], steps: dict[NaturalKey, dict[str, Any]], now: datetime, ts: Any
+) -> list[tuple[Any, ...]]:
+    """The insert rows of these runs, with the start, end and status their steps in ``steps`` give."""
+    aggregates = _run_aggregates(steps, {(i.source, i.run_key) for i in infos})
+    stamp = ts(now)
+    rows = []
+    for info in infos:
+        start, end, derived = aggregates[(info.source, info.run_key)]
+        rows.append((project_id, info.source, info.run_key, info.workflow, info.status or derived,
+                     info.status is not None, ts(start), ts(end), json_dumps(info.attributes), stamp, stamp))  # fmt: skip
+    return rows
+
+
+def _insert_new_runs(
+    session: Session, project_id: int, new: list[RunInfo], steps: dict[NaturalKey, dict[str, Any]], now: datetime
+) -> None:
+    """SQLite: insert the runs known to be new, and set their ids."""
+    if not new:
+        return
+    t = table(Run)
+    rows = _run_rows(project_id, new, steps, now, sqlite_ts)
+    got = insert_returning(session, t.name, _RUN_INSERT_COLS, rows, json_cols=frozenset({"attributes"}),
+                           returning=("source", "run_key"))  # fmt: skip
+    if got is None:
+        got = []
+        for part in chunks([(i.source, i.run_key) for i in new], 400):
+            q = sa.select(t.c.id, t.c.source, t.c.run_key).where(
+                key_match((t.c.project_id, t.c.source, t.c.run_key), [(project_id, *k) for k in part])
+            )
+            got.extend(tuple(r) for r in session.execute(q))
+    by_key = {(i.source, i.run_key): i for i in new}
+    for rid, source, run_key in got:
+        by_key[(source, run_key)].id = rid
+
+
+def _upsert_runs_pg(
+    session: Session,
+    project_id: int,
+    infos: dict[tuple[str, str], RunInfo],
+    steps: dict[NaturalKey, dict[str, Any]],
+    now: datetime,
+) -> dict[tuple[str, str], _StoredRun]:
+    """PostgreSQL: insert the batch's runs that are new and set their ids; answer the stored ones.
+
+    The unique key's own index decides both (``ON CONFLICT``), whatever the planner knows of the
+    table: a look-up by key could search another index that starts with ``project_id`` instead
+    (while the table's statistics are missing or old, as for a new project in a large table), and
+    filter all the project's runs for each key."""
+    names = ", ".join(_RUN_INSERT_COLS)
+    rows = _run_rows(project_id, list(infos.values()), steps, now, pg_ts)
+    existing: dict[tuple[str, str], _StoredRun] = {}
+    with driver_cursor(session) as cur:
+        scratch = copy_to_scratch(cur, table(Run).name, _RUN_INSERT_COLS, rows)
+        cur.execute(
+            f"INSERT INTO run ({names}) SELECT {names} FROM {scratch} "
+            "ON CONFLICT (project_id, source, run_key) DO NOTHING RETURNING id, source, run_key"
+        )
+        for rid, source, run_key in cur.fetchall():
+            infos[(source, run_key)].id = rid
+        stored = [key for key, info in infos.items() if not info.id]
+        if stored:
+            # through the same index: an upsert that changes nothing answers the stored rows
+            cur.execute(
+                f"INSERT INTO run ({names}) SELECT {names} FROM {scratch} s "
+                "WHERE (s.source, s.run_key) IN (SELECT * FROM unnest(%s::varchar[], %s::varchar[])) "
+                "ON CONFLICT (project_id, source, run_key) DO UPDATE SET project_id = EXCLUDED.project_id "
+                "RETURNING id, source, run_key, workflow, status, status_from_source, attributes",
+                ([k[0] for k in stored], [k[1] for k in stored]),
+            )
+            for rid, source, run_key, workflow, status, from_source, attributes in cur.fetchall():
+                existing[(source, run_key)] = _StoredRun(rid, workflow, status, from_source, attributes)
+    return existing
+
+
+def _stored_runs(session: Session, project_id: int, keys: list[tuple[str, str]]) -> dict[tuple[str, str], _StoredRun]:
+    """SQLite: the stored runs among these (source, run key) pairs: a cheap probe through the
+    driver first, so that a batch of new runs skips the typed look-up."""
+    t = table(Run)
     by_source: dict[str, list[str]] = {}
     for source, run_key in keys:
         by_source.setdefault(source, []).append(run_key)
@@ -318,22 +357,18 @@ def _stored_run_keys(
     with driver_cursor(session) as cur:
         for source, run_keys in by_source.items():
             for part in chunks(run_keys, 2000):
-                if sqlite:
-                    sql = (
-                        f"SELECT run_key FROM {table_name} WHERE project_id = ? AND source = ? "
-                        f"AND run_key IN ({', '.join(['?'] * len(part))})"
-                    )
-                    params: tuple[Any, ...] = (project_id, source, *part)
-                else:
-                    # one unique-index search per key, whatever the planner knows of the table (a
-                    # prepared IN list or ANY(array) turns into a filter over all the project's runs
-                    # while the table has no statistics yet)
-                    sql = (
-                        "SELECT r.run_key FROM unnest(%s::varchar[]) AS k(run_key) CROSS JOIN LATERAL "
-                        f"(SELECT run_key FROM {table_name} WHERE project_id = %s AND source = %s "
-                        "AND run_key = k.run_key LIMIT 1) AS r"
-                    )
-                    params = (list(part), project_id, source)
-                found.extend((source, run_key) for (run_key,) in cur.execute(sql, params).fetchall())
-    return found
-
+                sql = (
+                    f"SELECT run_key FROM {t.name} WHERE project_id = ? AND source = ? "
+                    f"AND run_key IN ({', '.join(['?'] * len(part))})"
+                )
+                found.extend((source, run_key) for (run_key,) in cur.execute(sql, (project_id, source, *part)))
+    existing: dict[tuple[str, str], _StoredRun] = {}
+    for stored in chunks(found, 400):
+        q = sa.select(
+            t.c.id, t.c.source, t.c.run_key, t.c.workflow, t.c.status, t.c.status_from_source, t.c.attributes
+        ).where(key_match((t.c.project_id, t.c.source, t.c.run_key), [(project_id, *k) for k in stored]))
+        for row in session.execute(q):
+            existing[(row.source, row.run_key)] = _StoredRun(
+                row.id, row.workflow, row.status, row.status_from_source, row.attributes
+            )
+    return existing
