@@ -177,9 +177,8 @@ def copy_rows(cur: Any, table_name: str, columns: Sequence[str], rows: Iterable[
     a step row where the text format took 5.3. Values come as the service's columns hold them: JSON
     columns as encoded text, timestamps aware, integers in their column's range (the binary format
     would not check an ``integer``: the step record's bounds do, see ``StepRecord.input_tokens``)."""
-    copy = cur.copy(f"COPY {table_name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)")
     types = _copy_types(cur, table_name, tuple(columns))
-    with copy as c:
+    with cur.copy(f"COPY {table_name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as c:
         c.set_types(types)
         write = c.write_row
         for row in rows:

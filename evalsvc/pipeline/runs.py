@@ -321,6 +321,8 @@ def _upsert_runs_pg(
     (while the table's statistics are missing or old, as for a new project in a large table), and
     filter all the project's runs for each key."""
     names = ", ".join(_RUN_INSERT_COLS)
+    # a row for every run (a stored run's, made from this batch's steps alone, is never written: the
+    # insert skips it and the upsert below changes nothing of it; refresh_runs recomputes it)
     rows = _run_rows(project_id, list(infos.values()), steps, now, pg_ts)
     existing: dict[tuple[str, str], _StoredRun] = {}
     with driver_cursor(session) as cur:

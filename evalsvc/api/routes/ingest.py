@@ -104,6 +104,6 @@ async def ingest(
     report = await run_in_threadpool(decode_and_ingest)
     await hand_over(runner, report)
     body_out = await run_in_threadpool(answer, report)
-    rejected = sum(1 for i in report.items if i.status == "rejected")
+    rejected = report.count("rejected")
     status = 200 if rejected == 0 else 422 if rejected == len(report.items) else 207
     return Response(body_out, status_code=status, media_type="application/json")
