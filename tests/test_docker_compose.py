@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -164,7 +165,10 @@ def test_dockerfile_copies_the_project() -> None:
     for package in PACKAGES:
         assert package in copied, f"Dockerfile does not copy {package}/"
         assert (ROOT / package).is_dir()
-    assert {"pyproject.toml", "README.md"} <= copied
+    # the files the build reads besides the packages (pip install /app fails without them)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = {"pyproject.toml", project["readme"], *project.get("license-files", [])}
+    assert needed <= copied, f"Dockerfile does not copy {sorted(needed - copied)}"
     assert any("pip install" in run and "/app" in run for run in _dockerfile_instructions("RUN"))
 
 
