@@ -7,6 +7,9 @@
   the statement's rows (a key checked each row with a lookup and a row lock cost 3.5 us of server
   time per step; the statement's check about 1 us); SQLite checks each row, as its key did.
 
+On SQLite, dropping a foreign key copies the table anew (Alembic's batch mode): 1.8 s for a store of
+200,000 steps (measured), so about 10 s a million, once. On PostgreSQL it is quick.
+
 Revision ID: 0008
 Revises: 0007
 """
