@@ -104,12 +104,9 @@ def json_text(value: Any) -> str | None:
     return None if value is None else json_dumps(value)
 
 
-def insert_sql(table_name: str, columns: Sequence[str], json_cols: frozenset[str], sqlite: bool) -> str:
-    if sqlite:
-        marks = ", ".join("?" for _ in columns)
-    else:
-        marks = ", ".join("%s::json" if c in json_cols else "%s" for c in columns)
-    return f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES ({marks})"
+def insert_sql(table_name: str, columns: Sequence[str]) -> str:
+    """SQLite's ``INSERT`` of one row, for ``executemany`` (PostgreSQL takes rows by COPY)."""
+    return f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
 
 
 def insert_returning(
@@ -118,7 +115,6 @@ def insert_returning(
     columns: Sequence[str],
     rows: Iterable[tuple[Any, ...]],
     *,
-    json_cols: frozenset[str],
     returning: Sequence[str] | None,
 ) -> list[tuple[Any, ...]] | None:
     """executemany the rows; with ``returning``, answer ``(id, *returning)`` of every inserted row,
@@ -127,7 +123,7 @@ def insert_returning(
     ``rows`` may be a generator: on PostgreSQL each row is sent as it is made, and the server
     stores the first rows while the next are made."""
     _, sqlite = dbapi(session)
-    sql = insert_sql(table_name, columns, json_cols, sqlite)
+    sql = insert_sql(table_name, columns)
     with driver_cursor(session) as cur:
         if returning is None:
             if sqlite:

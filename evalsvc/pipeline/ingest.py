@@ -192,7 +192,6 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 # ---- the use case -----------------------------------------------------------------------------
 
 _STEP_COLS = ("id", "run_id", "step_key", "attempt", *MERGE_FIELDS, "attributes")
-_STEP_JSON_COLS = frozenset({"input", "output", "expected", "error", "attributes"})
 # the step columns an insert writes, in the order of the rows that _write_steps builds
 _STEP_INSERT_COLS = (
     "project_id", "run_id", "step_key", "attempt", *MERGE_FIELDS, "latency_ms", "attributes", "created_at", "updated_at",
@@ -395,7 +394,6 @@ def _write_steps(
             t.name,
             _STEP_INSERT_COLS,
             rows(),
-            json_cols=_STEP_JSON_COLS,
             returning=("run_id", "step_key", "attempt") if need_ids else None,
         )
         if need_ids:

@@ -293,8 +293,7 @@ def _insert_new_runs(
         return
     t = table(Run)
     rows = _run_rows(project_id, new, steps, now, sqlite_ts)
-    got = insert_returning(session, t.name, _RUN_INSERT_COLS, rows, json_cols=frozenset({"attributes"}),
-                           returning=("source", "run_key"))  # fmt: skip
+    got = insert_returning(session, t.name, _RUN_INSERT_COLS, rows, returning=("source", "run_key"))
     if got is None:
         got = []
         for part in chunks([(i.source, i.run_key) for i in new], 400):

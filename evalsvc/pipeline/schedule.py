@@ -33,7 +33,7 @@ from evalsvc.schemas import RUN_STEP_KEY, EvalStatus, EvaluatorSpec, Target
 from evalsvc.store.models import Evaluator, table, utcnow
 from evalsvc.store.sql import chunks
 
-from ._bulk import copy_rows, dbapi, driver_cursor, pg_ts, sqlite_ts
+from ._bulk import copy_to_scratch, dbapi, driver_cursor, pg_ts, sqlite_ts
 from .sampling import SamplePlanner
 
 __all__ = [
@@ -207,15 +207,9 @@ def schedule_evals(
         else:
             # COPY into a scratch table, then one upsert from it: a statement per row costs more
             # than the row (the rows are distinct: one per step and evaluator)
+            scratch = copy_to_scratch(cur, "eval_result", _RESULT_COLS, rows)
             cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS evalsvc_new_result_v2 (project_id integer, run_id bigint, "
-                "step_id bigint, evaluator_id integer, evaluator text, evaluator_version text, status text, "
-                "skip_reason text, cache_hit boolean, created_at timestamptz, metadata json) ON COMMIT DELETE ROWS"
-            )
-            cur.execute("TRUNCATE evalsvc_new_result_v2")
-            copy_rows(cur, "evalsvc_new_result_v2", _RESULT_COLS, rows)
-            cur.execute(
-                f"INSERT INTO eval_result ({cols}) SELECT {cols} FROM evalsvc_new_result_v2 "
+                f"INSERT INTO eval_result ({cols}) SELECT {cols} FROM {scratch} "
                 f"ON CONFLICT (step_id, evaluator, evaluator_version) {conflict} RETURNING id, status"
             )
             for rid, status in cur.fetchall():
